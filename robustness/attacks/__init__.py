@@ -1,0 +1,1 @@
+"""One attack or search per module (torchattacks style), all written against ScoreBackend."""

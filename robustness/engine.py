@@ -1,0 +1,173 @@
+"""The pure entry point: run_audit(backend, x, y, spec, *, device) -> AuditResult."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from robustness.attacks.divergence import DivergenceSearch
+from robustness.attacks.fgsm import FGSM
+from robustness.attacks.pgd import PGD
+from robustness.backends.base import ScoreBackend
+from robustness.errors import AuditInputError
+from robustness.spec import AuditResult, AuditSpec, Baseline, Diagnostics, EpsilonResult
+from robustness.stats import summarize
+
+ProgressFn = Callable[[int, int, str], None]
+CancelFn = Callable[[], bool]
+T = TypeVar("T")
+
+
+class AuditCancelled(Exception):
+    """The cancel check answered True between two batches."""
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Forward and backward passes per sample that an audit will spend."""
+
+    forward_passes: int
+    backward_passes: int
+    batches: int
+
+
+def estimate_cost(spec: AuditSpec, n: int) -> CostEstimate:
+    """Passes per sample (ε-sweep × (metric + baselines)) and the number of batches."""
+    per_eps_fwd = spec.restarts * (spec.steps + 1) + 1 + spec.random_probes
+    per_eps_bwd = spec.restarts * spec.steps
+    if Baseline.FGSM in spec.baselines:
+        per_eps_fwd, per_eps_bwd = per_eps_fwd + 2, per_eps_bwd + 1
+    if Baseline.PGD in spec.baselines:
+        per_eps_fwd, per_eps_bwd = per_eps_fwd + spec.steps + 1, per_eps_bwd + spec.steps
+    batches = -(-min(n, spec.max_samples) // spec.batch_size)
+    fwd = len(spec.epsilons) * per_eps_fwd + (1 if Baseline.CLEAN in spec.baselines else 0)
+    return CostEstimate(fwd, len(spec.epsilons) * per_eps_bwd, batches)
+
+
+def check_inputs(x: np.ndarray, y: np.ndarray, spec: AuditSpec) -> None:
+    """Refuse data the audit cannot be honest about, naming the problem."""
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+        raise AuditInputError(f"x {list(x.shape)} and y {list(y.shape)} do not pair up")
+    if not np.isfinite(x).all():
+        raise AuditInputError("x contains NaN or inf values")
+    lo, hi = spec.input_range
+    if x.min() < lo - 1e-6 or x.max() > hi + 1e-6:
+        raise AuditInputError(
+            f"x spans [{x.min():.4g}, {x.max():.4g}], outside the model's declared input range "
+            f"[{lo}, {hi}]; rescale the data or declare the model's input_range"
+        )
+
+
+def run_audit(
+    backend: ScoreBackend,
+    x: np.ndarray,
+    y: np.ndarray,
+    spec: AuditSpec,
+    *,
+    device: torch.device,
+    parity_max_abs_diff: float | None = None,
+    progress: ProgressFn | None = None,
+    cancelled: CancelFn | None = None,
+) -> AuditResult:
+    """ψ for each ε plus the conventional accuracies; deterministic for a seed on CPU."""
+    check_inputs(x, y, spec)
+    n = min(len(x), spec.max_samples)
+    xt = torch.from_numpy(np.ascontiguousarray(x[:n], dtype=np.float32))
+    yt = torch.from_numpy(np.asarray(y[:n], dtype=np.int64))
+    batches = [(i, min(i + spec.batch_size, n)) for i in range(0, n, spec.batch_size)]
+    bounds = spec.input_range
+    stages = dict.fromkeys(("divergence", "random_probe", "clean", "fgsm", "pgd"), 0.0)
+    total = len(batches) * (1 + len(spec.epsilons))
+    done = 0
+
+    def tick(stage: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, stage)
+        if cancelled is not None and cancelled():
+            raise AuditCancelled
+
+    def timed(stage: str, fn: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        out = fn()
+        stages[stage] += time.perf_counter() - start
+        return out
+
+    clean = torch.zeros(n, dtype=torch.bool)
+    for i, j in batches:
+        xb, yb = xt[i:j].to(device), yt[i:j].to(device)
+        with torch.no_grad():
+            clean[i:j] = timed("clean", lambda: (backend.scores(xb).argmax(1) == yb).cpu())
+        tick("clean")
+
+    per_eps: list[EpsilonResult] = []
+    zero = torch.zeros(n, dtype=torch.bool)
+    nonfinite = torch.zeros(n, dtype=torch.bool)
+    random_wins = 0
+    for e_index, eps in enumerate(spec.epsilons):
+        psi = torch.zeros(n, dtype=torch.float64)
+        fgsm = torch.zeros(n, dtype=torch.bool)
+        pgd = torch.zeros(n, dtype=torch.bool)
+        alpha = spec.alpha(eps)
+        search = DivergenceSearch(
+            backend,
+            norm=spec.norm,
+            eps=eps,
+            steps=spec.steps,
+            alpha=alpha,
+            restarts=spec.restarts,
+            normalization=spec.logit_normalization,
+            bounds=bounds,
+        )
+        for b, (i, j) in enumerate(batches):
+            gen = torch.Generator(device=device).manual_seed(spec.seed * 1_000_003 + e_index * 7919 + b)
+            xb, yb = xt[i:j].to(device), yt[i:j].to(device)
+            outcome = timed("divergence", lambda: search(xb, gen))
+            psi[i:j] = outcome.psi
+            zero[i:j] |= outcome.zero_gradient
+            nonfinite[i:j] |= outcome.nonfinite_gradient
+            probe = timed("random_probe", lambda: search.random_probe(xb, gen, spec.random_probes))
+            random_wins += int((probe > outcome.psi * (1 + 1e-3) + 1e-7).sum())
+            if Baseline.FGSM in spec.baselines:
+                attack_f = FGSM(backend, norm=spec.norm, eps=eps, bounds=bounds)
+                fgsm[i:j] = timed("fgsm", lambda: attack_f(xb, yb))
+            if Baseline.PGD in spec.baselines:
+                attack_p = PGD(backend, norm=spec.norm, eps=eps, steps=spec.steps, alpha=alpha, bounds=bounds)
+                pgd[i:j] = timed("pgd", lambda: attack_p(xb, yb, gen))
+            tick(f"epsilon {eps:g}")
+        per_eps.append(
+            EpsilonResult(
+                epsilon=eps,
+                divergence=summarize(psi.numpy(), seed=spec.seed),
+                clean_accuracy=_mean(clean) if Baseline.CLEAN in spec.baselines else None,
+                fgsm_accuracy=_mean(fgsm) if Baseline.FGSM in spec.baselines else None,
+                pgd_accuracy=_mean(pgd) if Baseline.PGD in spec.baselines else None,
+                per_sample=tuple(float(v) for v in psi),
+            )
+        )
+    zero_frac, nonfinite_frac = _mean(zero), _mean(nonfinite)
+    diagnostics = Diagnostics(
+        gradient_masking_suspected=bool(zero_frac > 0.05 or nonfinite_frac > 0 or random_wins > 0),
+        zero_gradient_fraction=zero_frac,
+        nonfinite_gradient_fraction=nonfinite_frac,
+        random_search_wins=random_wins,
+        parity_max_abs_diff=parity_max_abs_diff,
+    )
+    return AuditResult(
+        per_epsilon=tuple(per_eps),
+        samples=n,
+        backend=backend.kind,
+        device=str(device),
+        diagnostics=diagnostics,
+        stage_seconds=stages,
+    )
+
+
+def _mean(mask: torch.Tensor) -> float:
+    return float(mask.double().mean()) if mask.numel() else 0.0

@@ -1,0 +1,131 @@
+"""From untrusted ONNX bytes to a ready backend, with the torch→onnxruntime parity check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from robustness.backends.base import ScoreBackend
+from robustness.backends.ort_backend import OrtBackend
+from robustness.backends.torch_backend import TorchBackend, parity
+from robustness.errors import AuditInputError, ModelRejected
+from robustness.onnx_graph import ModelInfo, inspect, load_model_bytes, scores_graph
+from robustness.spec import BackendKind
+
+PARITY_RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    ok: bool
+    parity_max_abs_diff: float | None = None
+    parity_relative: float | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "parity_max_abs_diff": self.parity_max_abs_diff,
+            "parity_relative": self.parity_relative,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to audit: the chosen backend and what was learned choosing it."""
+
+    info: ModelInfo
+    backend: ScoreBackend
+    statuses: dict[BackendKind, BackendStatus]
+
+    @property
+    def parity_max_abs_diff(self) -> float | None:
+        return self.statuses[BackendKind.TORCH].parity_max_abs_diff
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU; callers pass the device on explicitly from here."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load(
+    data: bytes,
+    probe: np.ndarray,
+    *,
+    output: str | None = None,
+    backend: BackendKind = BackendKind.AUTO,
+    device: torch.device,
+    seed: int = 0,
+    fd_directions: int = 64,
+) -> LoadedModel:
+    """Load, convert and parity-check; fall back to onnxruntime when torch cannot be trusted.
+
+    `probe` holds real inputs (the audit's own samples) for the parity check.
+    """
+    model = load_model_bytes(data)
+    info = inspect(model, output)
+    graph = scores_graph(model, info)
+    log_probs = info.kind == "probabilities" and not info.softmax_stripped
+    try:
+        ort_backend = OrtBackend(
+            graph,
+            log_probabilities=log_probs,
+            device=device,
+            directions=fd_directions,
+            seed=seed,
+        )
+        reference = ort_backend.raw_outputs(torch.from_numpy(probe)).cpu().numpy()
+    except Exception as exc:
+        raise ModelRejected(f"onnxruntime cannot run this model on the data: {exc}") from exc
+    _check_scores(reference, info)
+    statuses = {BackendKind.ONNXRUNTIME: BackendStatus(ok=True)}
+    torch_backend: TorchBackend | None = None
+    if backend is BackendKind.ONNXRUNTIME:
+        statuses[BackendKind.TORCH] = BackendStatus(ok=False, reason="not requested")
+    else:
+        torch_backend, statuses[BackendKind.TORCH] = _try_torch(graph, log_probs, device, probe, reference)
+    if backend is BackendKind.TORCH and torch_backend is None:
+        raise ModelRejected(
+            f"the torch backend is unavailable: {statuses[BackendKind.TORCH].reason}; "
+            "use backend 'auto' or 'onnxruntime'"
+        )
+    chosen: ScoreBackend = torch_backend if torch_backend is not None else ort_backend
+    return LoadedModel(info=info, backend=chosen, statuses=statuses)
+
+
+def _try_torch(
+    graph: object, log_probs: bool, device: torch.device, probe: np.ndarray, reference: np.ndarray
+) -> tuple[TorchBackend | None, BackendStatus]:
+    try:
+        candidate = TorchBackend(graph, log_probabilities=log_probs, device=device)  # type: ignore[arg-type]
+        got = candidate.raw_outputs(torch.from_numpy(probe)).cpu().numpy()
+    except Exception as exc:
+        return None, BackendStatus(ok=False, reason=f"conversion failed: {str(exc)[:300]}")
+    if got.shape != reference.shape:
+        return None, BackendStatus(
+            ok=False, reason=f"converted output shape {got.shape} != onnxruntime {reference.shape}"
+        )
+    diff, rel = parity(got, reference)
+    if not rel <= PARITY_RTOL:
+        return None, BackendStatus(
+            ok=False,
+            parity_max_abs_diff=diff,
+            parity_relative=rel,
+            reason=f"parity failed: relative max |Δ| {rel:.2e} > {PARITY_RTOL:.0e}",
+        )
+    return candidate, BackendStatus(ok=True, parity_max_abs_diff=diff, parity_relative=rel)
+
+
+def _check_scores(reference: np.ndarray, info: ModelInfo) -> None:
+    if reference.ndim != 2 or reference.shape[1] < 2:
+        raise ModelRejected(
+            f"output {info.output_name!r} gave shape {list(reference.shape)} on the data; "
+            "a classifier's scores are [N, C] with C ≥ 2"
+        )
+    if not np.isfinite(reference).all():
+        raise AuditInputError(
+            f"the model's output {info.output_name!r} contains NaN or inf on the audited inputs"
+        )

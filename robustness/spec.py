@@ -1,0 +1,114 @@
+"""The threat model and audit settings, as enums and frozen dataclasses (RobustBench style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Norm(str, Enum):
+    """The p of the ε-ball ‖x' − x‖_p ≤ ε."""
+
+    LINF = "linf"
+    L2 = "l2"
+
+
+class LogitNormalization(str, Enum):
+    """How logits are rescaled before the softmax (metric.md: l2 removes re-parameterization)."""
+
+    L2 = "l2"
+    NONE = "none"
+
+
+class BackendKind(str, Enum):
+    """Where gradients come from: torch autograd, onnxruntime finite differences, or pick."""
+
+    AUTO = "auto"
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+
+
+class Baseline(str, Enum):
+    """Conventional accuracies reported beside the metric."""
+
+    CLEAN = "clean"
+    FGSM = "fgsm"
+    PGD = "pgd"
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """Everything that determines an audit's numbers; defaults follow api-v1.md."""
+
+    norm: Norm = Norm.LINF
+    epsilons: tuple[float, ...] = (0.03,)
+    steps: int = 20
+    step_size: float | None = None
+    restarts: int = 1
+    logit_normalization: LogitNormalization = LogitNormalization.L2
+    seed: int = 0
+    baselines: tuple[Baseline, ...] = (Baseline.CLEAN, Baseline.FGSM, Baseline.PGD)
+    input_range: tuple[float, float] = (0.0, 1.0)
+    max_samples: int = 1000
+    batch_size: int = 128
+    random_probes: int = 8
+    fd_directions: int = 64
+
+    def __post_init__(self) -> None:
+        if not self.epsilons or any(e <= 0 for e in self.epsilons):
+            raise ValueError("epsilons must be a non-empty list of positive numbers")
+        if self.steps < 1 or self.restarts < 1:
+            raise ValueError("steps and restarts must be at least 1")
+        lo, hi = self.input_range
+        if not lo < hi:
+            raise ValueError("input_range must be lo < hi")
+
+    def alpha(self, epsilon: float) -> float:
+        """Step size: the configured one, else 2.5·ε/K (Madry et al.)."""
+        return self.step_size if self.step_size is not None else 2.5 * epsilon / self.steps
+
+
+@dataclass(frozen=True)
+class DivergenceSummary:
+    """ψ over the audited samples. Lower means more robust."""
+
+    mean: float
+    median: float
+    p90: float
+    max: float
+    ci95: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class EpsilonResult:
+    """One ε of an audit: the metric and the conventional accuracies beside it."""
+
+    epsilon: float
+    divergence: DivergenceSummary
+    clean_accuracy: float | None
+    fgsm_accuracy: float | None
+    pgd_accuracy: float | None
+    per_sample: tuple[float, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """Evidence about whether the gradient search can be trusted."""
+
+    gradient_masking_suspected: bool
+    zero_gradient_fraction: float
+    nonfinite_gradient_fraction: float
+    random_search_wins: int
+    parity_max_abs_diff: float | None
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """What an audit produces; JSON-ready through :func:`robustness.report.result_to_dict`."""
+
+    per_epsilon: tuple[EpsilonResult, ...]
+    samples: int
+    backend: BackendKind
+    device: str
+    diagnostics: Diagnostics
+    stage_seconds: dict[str, float]
