@@ -1,5 +1,8 @@
 # robaudit — `make help` lists the targets.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# The local package index prints one warning per missing mirror; they are noise here.
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,8 +15,8 @@ help: ## List the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[worker,dev]'
+	$(BIN)/python -m pip install -q --upgrade pip $(QUIET_PIP)
+	$(BIN)/python -m pip install -q -e '.[worker,dev]' $(QUIET_PIP)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP) ## Train two digit classifiers, audit both through the embedded service, print a table

@@ -57,7 +57,9 @@ class DigitsCNN(nn.Module):
         return torch.softmax(z, dim=1) if self.softmax else z
 
 
-def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
+def _pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int
+) -> torch.Tensor:
     alpha = 2.5 * eps / steps
     x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
     for _ in range(steps):
@@ -105,7 +107,7 @@ def to_onnx(model: nn.Module, sample_shape: tuple[int, ...] = (1, 8, 8), opset: 
     torch.onnx.export(
         model,
         (dummy,),
-        buf,
+        buf,  # type: ignore[arg-type]
         input_names=["input"],
         output_names=["scores"],
         dynamic_axes={"input": {0: "N"}, "scores": {0: "N"}},

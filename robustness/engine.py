@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,7 +20,6 @@ from robustness.stats import summarize
 
 ProgressFn = Callable[[int, int, str], None]
 CancelFn = Callable[[], bool]
-T = TypeVar("T")
 
 
 class AuditCancelled(Exception):
@@ -93,17 +92,17 @@ def run_audit(
         if cancelled is not None and cancelled():
             raise AuditCancelled
 
-    def timed(stage: str, fn: Callable[[], T]) -> T:
+    @contextmanager
+    def timed(stage: str) -> Iterator[None]:
         start = time.perf_counter()
-        out = fn()
-        stages[stage] += time.perf_counter() - start
-        return out
+        yield
+        stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - start
 
     clean = torch.zeros(n, dtype=torch.bool)
     for i, j in batches:
         xb, yb = xt[i:j].to(device), yt[i:j].to(device)
-        with torch.no_grad():
-            clean[i:j] = timed("clean", lambda: (backend.scores(xb).argmax(1) == yb).cpu())
+        with torch.no_grad(), timed("clean"):
+            clean[i:j] = (backend.scores(xb).argmax(1) == yb).cpu()
         tick("clean")
 
     per_eps: list[EpsilonResult] = []
@@ -126,20 +125,31 @@ def run_audit(
             bounds=bounds,
         )
         for b, (i, j) in enumerate(batches):
-            gen = torch.Generator(device=device).manual_seed(spec.seed * 1_000_003 + e_index * 7919 + b)
+            gen = torch.Generator(device=device).manual_seed(
+                spec.seed * 1_000_003 + e_index * 7919 + b
+            )
             xb, yb = xt[i:j].to(device), yt[i:j].to(device)
-            outcome = timed("divergence", lambda: search(xb, gen))
+            with timed("divergence"):
+                outcome = search(xb, gen)
             psi[i:j] = outcome.psi
             zero[i:j] |= outcome.zero_gradient
             nonfinite[i:j] |= outcome.nonfinite_gradient
-            probe = timed("random_probe", lambda: search.random_probe(xb, gen, spec.random_probes))
+            with timed("random_probe"):
+                probe = search.random_probe(xb, gen, spec.random_probes)
             random_wins += int((probe > outcome.psi * (1 + 1e-3) + 1e-7).sum())
             if Baseline.FGSM in spec.baselines:
-                attack_f = FGSM(backend, norm=spec.norm, eps=eps, bounds=bounds)
-                fgsm[i:j] = timed("fgsm", lambda: attack_f(xb, yb))
+                with timed("fgsm"):
+                    fgsm[i:j] = FGSM(backend, norm=spec.norm, eps=eps, bounds=bounds)(xb, yb)
             if Baseline.PGD in spec.baselines:
-                attack_p = PGD(backend, norm=spec.norm, eps=eps, steps=spec.steps, alpha=alpha, bounds=bounds)
-                pgd[i:j] = timed("pgd", lambda: attack_p(xb, yb, gen))
+                with timed("pgd"):
+                    pgd[i:j] = PGD(
+                        backend,
+                        norm=spec.norm,
+                        eps=eps,
+                        steps=spec.steps,
+                        alpha=alpha,
+                        bounds=bounds,
+                    )(xb, yb, gen)
             tick(f"epsilon {eps:g}")
         per_eps.append(
             EpsilonResult(

@@ -86,7 +86,9 @@ def load(
     if backend is BackendKind.ONNXRUNTIME:
         statuses[BackendKind.TORCH] = BackendStatus(ok=False, reason="not requested")
     else:
-        torch_backend, statuses[BackendKind.TORCH] = _try_torch(graph, log_probs, device, probe, reference)
+        torch_backend, statuses[BackendKind.TORCH] = _try_torch(
+            graph, log_probs, device, probe, reference
+        )
     if backend is BackendKind.TORCH and torch_backend is None:
         raise ModelRejected(
             f"the torch backend is unavailable: {statuses[BackendKind.TORCH].reason}; "

@@ -194,7 +194,11 @@ def _score_tensor(
         if requested not in names and requested not in candidates:
             raise ModelRejected(f"output {requested!r} not found; outputs are {sorted(names)}")
         producer = producers.get(requested)
-        score = producer.input[0] if producer is not None and producer.op_type == "ZipMap" else requested
+        score = (
+            producer.input[0]
+            if producer is not None and producer.op_type == "ZipMap"
+            else requested
+        )
         if score not in candidates:
             raise ModelRejected(f"output {requested!r} is not a float score tensor")
     else:

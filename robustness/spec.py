@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Norm(str, Enum):
+class Norm(StrEnum):
     """The p of the ε-ball ‖x' − x‖_p ≤ ε."""
 
     LINF = "linf"
     L2 = "l2"
 
 
-class LogitNormalization(str, Enum):
+class LogitNormalization(StrEnum):
     """How logits are rescaled before the softmax (metric.md: l2 removes re-parameterization)."""
 
     L2 = "l2"
     NONE = "none"
 
 
-class BackendKind(str, Enum):
+class BackendKind(StrEnum):
     """Where gradients come from: torch autograd, onnxruntime finite differences, or pick."""
 
     AUTO = "auto"
@@ -28,7 +28,7 @@ class BackendKind(str, Enum):
     ONNXRUNTIME = "onnxruntime"
 
 
-class Baseline(str, Enum):
+class Baseline(StrEnum):
     """Conventional accuracies reported beside the metric."""
 
     CLEAN = "clean"

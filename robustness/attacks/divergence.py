@@ -97,9 +97,15 @@ class DivergenceSearch:
                 with torch.no_grad():
                     grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
                     x_adv = project(
-                        ascend(x_adv, grad, self.alpha, self.norm), x, self.eps, self.norm, self.bounds
+                        ascend(x_adv, grad, self.alpha, self.norm),
+                        x,
+                        self.eps,
+                        self.norm,
+                        self.bounds,
                     )
-        return DivergenceOutcome(psi=best.cpu(), zero_gradient=zero.cpu(), nonfinite_gradient=nonfinite.cpu())
+        return DivergenceOutcome(
+            psi=best.cpu(), zero_gradient=zero.cpu(), nonfinite_gradient=nonfinite.cpu()
+        )
 
     def random_probe(self, x: torch.Tensor, gen: torch.Generator, probes: int) -> torch.Tensor:
         """The largest KL that `probes` random full-budget noise vectors reach, per sample."""

@@ -25,7 +25,12 @@ class FGSM:
     """Single-step attack; robust accuracy is the mean of the returned mask."""
 
     def __init__(
-        self, backend: ScoreBackend, *, norm: Norm, eps: float, bounds: tuple[float, float] = (0.0, 1.0)
+        self,
+        backend: ScoreBackend,
+        *,
+        norm: Norm,
+        eps: float,
+        bounds: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         self.backend, self.norm, self.eps, self.bounds = backend, norm, eps, bounds
 
@@ -34,5 +39,7 @@ class FGSM:
         scores = self.backend.scores(x_req)
         (grad,) = torch.autograd.grad(F.cross_entropy(scores, y, reduction="sum"), x_req)
         with torch.no_grad():
-            x_adv = project(ascend(x, grad, self.eps, self.norm), x, self.eps, self.norm, self.bounds)
+            x_adv = project(
+                ascend(x, grad, self.eps, self.norm), x, self.eps, self.norm, self.bounds
+            )
             return (self.backend.scores(x_adv).argmax(dim=1) == y).cpu()

@@ -65,7 +65,7 @@ class OrtBackend:
         return torch.from_numpy(self.run(x.detach().cpu().numpy())).to(self.device)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        return _FiniteDifference.apply(x, self)  # type: ignore[no-any-return]
+        return _FiniteDifference.apply(x, self)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Forward pass in chunks of at most `max_batch` rows (one row at a time if fixed)."""

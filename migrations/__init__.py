@@ -1,0 +1,1 @@
+"""Alembic migrations: the only way robaudit's schema is created."""

@@ -1,0 +1,80 @@
+"""/v1/audits"""
+
+from __future__ import annotations
+
+from flask import Response, current_app, url_for
+
+from service import audits
+from service.api.common import blueprint, json_response
+from service.auth import tenant_id
+from service.db import db
+from service.queue import RUN_AUDIT
+from service.schemas import (
+    AuditCreate,
+    AuditCreated,
+    AuditListQuery,
+    AuditOut,
+    AuditPage,
+    AuditPath,
+    IdempotencyHeader,
+)
+
+bp = blueprint("audits", "/v1/audits")
+
+
+@bp.post("", responses={202: AuditCreated, 200: AuditCreated})
+def create_audit(body: AuditCreate, header: IdempotencyHeader) -> Response:
+    """Queue an audit; commit first, then enqueue by task name."""
+    session = db.session
+    row, created = audits.create_audit(
+        session=session,
+        tenant_id=tenant_id(),
+        model_id=body.model_id,
+        dataset_id=body.dataset_id,
+        config=body.config,
+        force=body.force,
+        idempotency_key=header.idempotency_key,
+    )
+    session.commit()
+    if created:
+        current_app.extensions["robaudit.celery"].send_task(RUN_AUDIT, args=[row.id])
+    links = {
+        "self": url_for("audits.get_audit", audit_id=row.id),
+        "report": url_for("audits.get_audit", audit_id=row.id) + "/report",
+    }
+    return json_response(
+        {"id": row.id, "status": row.status, "links": links}, 202 if created else 200
+    )
+
+
+@bp.get("", responses={200: AuditPage})
+def list_audits(query: AuditListQuery) -> Response:
+    """The audit history, newest first, with filters."""
+    rows, cursor = audits.list_audits(
+        session=db.session,
+        tenant_id=tenant_id(),
+        limit=query.limit,
+        cursor=query.cursor,
+        model_id=query.model_id,
+        model_name=query.model_name,
+        status=query.status,
+        created_after=query.created_after,
+        created_before=query.created_before,
+    )
+    return json_response({"items": [audits.audit_json(r) for r in rows], "next_cursor": cursor})
+
+
+@bp.get("/<audit_id>", responses={200: AuditOut})
+def get_audit(path: AuditPath) -> Response:
+    """One audit: status, progress, and the result once it succeeded."""
+    row = audits.get_audit(session=db.session, tenant_id=tenant_id(), audit_id=path.audit_id)
+    return json_response(audits.audit_json(row))
+
+
+@bp.post("/<audit_id>/cancel", responses={200: AuditOut})
+def cancel_audit(path: AuditPath) -> Response:
+    """Cancel: queued audits at once, running ones at the next batch boundary."""
+    session = db.session
+    row = audits.cancel_audit(session=session, tenant_id=tenant_id(), audit_id=path.audit_id)
+    session.commit()
+    return json_response(audits.audit_json(row))

@@ -1,0 +1,57 @@
+"""/v1/models"""
+
+from __future__ import annotations
+
+from flask import Response, current_app
+
+from service import catalog
+from service.api.common import blueprint, json_response, settings, store
+from service.auth import tenant_id
+from service.db import db
+from service.queue import INSPECT_MODEL
+from service.schemas import ModelForm, ModelListQuery, ModelOut, ModelPage, ModelPath
+
+bp = blueprint("models", "/v1/models")
+
+
+@bp.post("", responses={201: ModelOut, 200: ModelOut, 413: None})
+def upload_model(form: ModelForm) -> Response:
+    """Upload an ONNX classifier; the same bytes again return the existing model."""
+    session = db.session
+    row, created = catalog.create_model(
+        session=session,
+        store=store(),
+        settings=settings(),
+        tenant_id=tenant_id(),
+        stream=form.file.stream,
+        filename=form.file.filename,
+        name=form.name,
+        version=form.version,
+        input_range=form.input_range,
+        output=form.output,
+        class_names=form.class_names,
+    )
+    session.commit()
+    if created:
+        current_app.extensions["robaudit.celery"].send_task(INSPECT_MODEL, args=[row.id])
+    return json_response(catalog.model_json(row), 201 if created else 200)
+
+
+@bp.get("", responses={200: ModelPage})
+def list_models(query: ModelListQuery) -> Response:
+    """Models of this tenant, newest first."""
+    rows, cursor = catalog.list_models(
+        session=db.session,
+        tenant_id=tenant_id(),
+        limit=query.limit,
+        cursor=query.cursor,
+        name=query.name,
+    )
+    return json_response({"items": [catalog.model_json(r) for r in rows], "next_cursor": cursor})
+
+
+@bp.get("/<model_id>", responses={200: ModelOut})
+def get_model(path: ModelPath) -> Response:
+    """One model, with its intake report and backend status."""
+    row = catalog.get_model(session=db.session, tenant_id=tenant_id(), model_id=path.model_id)
+    return json_response(catalog.model_json(row))

@@ -1,0 +1,149 @@
+"""Service functions for audits: create (idempotent, deduplicated), read, list, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from robustness.datasets import DatasetFacts, check_fit
+from service.catalog import get_dataset, get_model
+from service.errors import NotFound, Problem
+from service.pagination import paginate
+from service.persistence.models import TERMINAL, Audit, AuditStatus, Model, utcnow
+from service.schemas import AuditConfig
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def create_audit(
+    *,
+    session: Session,
+    tenant_id: str,
+    model_id: str,
+    dataset_id: str,
+    config: AuditConfig,
+    force: bool,
+    idempotency_key: str | None,
+) -> tuple[Audit, bool]:
+    """(audit, created). Replays of an Idempotency-Key and identical succeeded audits are reused."""
+    if idempotency_key:
+        replay = session.scalar(
+            select(Audit).where(
+                Audit.tenant_id == tenant_id, Audit.idempotency_key == idempotency_key
+            )
+        )
+        if replay is not None:
+            return replay, False
+    model = get_model(session=session, tenant_id=tenant_id, model_id=model_id)
+    dataset = get_dataset(session=session, tenant_id=tenant_id, dataset_id=dataset_id)
+    check_fit(
+        model.intake["input"],
+        model.intake["output"]["num_classes"],
+        model.input_range,
+        DatasetFacts(
+            dataset.n, dataset.shape, dataset.dtype, dataset.num_classes, dataset.value_range
+        ),
+    )
+    cfg = config.model_dump(mode="json")
+    digest = config_hash(cfg)
+    if not force:
+        done = session.scalar(
+            select(Audit)
+            .where(
+                Audit.tenant_id == tenant_id,
+                Audit.model_id == model.id,
+                Audit.dataset_id == dataset.id,
+                Audit.config_hash == digest,
+                Audit.status == AuditStatus.SUCCEEDED.value,
+            )
+            .order_by(Audit.created_at.desc())
+            .limit(1)
+        )
+        if done is not None:
+            return done, False
+    audit = Audit(
+        tenant_id=tenant_id,
+        model_id=model.id,
+        dataset_id=dataset.id,
+        config=cfg,
+        config_hash=digest,
+        status=AuditStatus.QUEUED.value,
+        progress_total=min(dataset.n, config.max_samples),
+        idempotency_key=idempotency_key,
+    )
+    session.add(audit)
+    session.flush()
+    return audit, True
+
+
+def get_audit(*, session: Session, tenant_id: str, audit_id: str) -> Audit:
+    row = session.get(Audit, audit_id)
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound("audit", audit_id)
+    return row
+
+
+def list_audits(
+    *,
+    session: Session,
+    tenant_id: str,
+    limit: int,
+    cursor: str | None,
+    model_id: str | None = None,
+    model_name: str | None = None,
+    status: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> tuple[list[Audit], str | None]:
+    stmt = select(Audit).where(Audit.tenant_id == tenant_id)
+    if model_id:
+        stmt = stmt.where(Audit.model_id == model_id)
+    if model_name:
+        stmt = stmt.join(Model, Model.id == Audit.model_id).where(Model.name == model_name)
+    if status:
+        stmt = stmt.where(Audit.status == status)
+    if created_after:
+        stmt = stmt.where(Audit.created_at > created_after)
+    if created_before:
+        stmt = stmt.where(Audit.created_at < created_before)
+    return paginate(session, stmt, Audit, limit=limit, cursor=cursor)
+
+
+def cancel_audit(*, session: Session, tenant_id: str, audit_id: str) -> Audit:
+    """Queued audits stop at once; running ones at the worker's next batch boundary."""
+    audit = get_audit(session=session, tenant_id=tenant_id, audit_id=audit_id)
+    if audit.status in {s.value for s in TERMINAL}:
+        raise Problem(409, "Conflict", f"the audit is already {audit.status}")
+    session.execute(
+        update(Audit)
+        .where(Audit.id == audit.id, Audit.status == AuditStatus.QUEUED.value)
+        .values(status=AuditStatus.CANCELLED.value, finished_at=utcnow(), cancel_requested=True)
+    )
+    session.execute(update(Audit).where(Audit.id == audit.id).values(cancel_requested=True))
+    session.flush()
+    session.refresh(audit)
+    return audit
+
+
+def audit_json(row: Audit) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "model_id": row.model_id,
+        "dataset_id": row.dataset_id,
+        "config": row.config,
+        "status": row.status,
+        "progress": {"done": row.progress_done, "total": row.progress_total, "stage": row.stage},
+        "created_at": row.created_at.isoformat(),
+        "started_at": row.started_at.isoformat() if row.started_at else None,
+        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+        "backend": row.backend,
+        "error": row.error,
+        "result": row.result,
+    }

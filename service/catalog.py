@@ -1,0 +1,198 @@
+"""Service functions for models and datasets: keyword-only, typed, one job each."""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from robustness.datasets import check_arrays, load_npz
+from robustness.onnx_graph import inspect, load_model_bytes
+from service.config import Settings
+from service.errors import NotFound, Problem, Unprocessable
+from service.pagination import paginate
+from service.persistence.models import Dataset, Model
+from service.storage import ArtifactStore, StoredArtifact, TooLarge
+
+PENDING = "pending: a worker checks conversion and parity"
+
+
+def _store(store: ArtifactStore, stream: IO[bytes], limit: int) -> StoredArtifact:
+    try:
+        return store.save_stream(stream, max_bytes=limit)
+    except TooLarge as exc:
+        raise Problem(413, "Content Too Large", str(exc)) from exc
+
+
+def parse_range(value: str | list[float] | None) -> list[float]:
+    if value is None or value == "":
+        return [0.0, 1.0]
+    try:
+        parts = [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
+    except (TypeError, ValueError) as exc:
+        raise Unprocessable(f"input_range {value!r} is not 'lo,hi'") from exc
+    if len(parts) != 2 or not parts[0] < parts[1]:
+        raise Unprocessable(f"input_range {value!r} must be two numbers lo,hi with lo < hi")
+    return parts
+
+
+def parse_class_names(value: str | list[str] | None) -> list[str] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            loaded = json.loads(value)
+        except json.JSONDecodeError:
+            loaded = [v.strip() for v in value.split(",")]
+        value = loaded if isinstance(loaded, list) else [str(loaded)]
+    return [str(v) for v in value]
+
+
+def create_model(
+    *,
+    session: Session,
+    store: ArtifactStore,
+    settings: Settings,
+    tenant_id: str,
+    stream: IO[bytes],
+    filename: str | None,
+    name: str | None,
+    version: str | None,
+    input_range: str | list[float] | None,
+    output: str | None,
+    class_names: str | list[str] | None,
+) -> tuple[Model, bool]:
+    """Store and inspect an ONNX model; (row, created). Same bytes again → the existing row."""
+    stored = _store(store, stream, settings.max_model_bytes)
+    existing = session.scalar(
+        select(Model).where(Model.tenant_id == tenant_id, Model.sha256 == stored.sha256)
+    )
+    if existing is not None:
+        return existing, False
+    info = inspect(load_model_bytes(stored.path.read_bytes()), output)
+    names = parse_class_names(class_names)
+    if names is not None and info.num_classes is not None and len(names) != info.num_classes:
+        raise Unprocessable(
+            f"class_names has {len(names)} entries but the model scores {info.num_classes} classes"
+        )
+    row = Model(
+        tenant_id=tenant_id,
+        name=name or (filename or "model").rsplit(".", 1)[0],
+        version=version,
+        sha256=stored.sha256,
+        size_bytes=stored.size,
+        opset=info.opset,
+        input_range=parse_range(input_range),
+        requested_output=output,
+        class_names=names,
+        intake=info.to_dict(),
+        backends={
+            "torch": {"ok": None, "parity_max_abs_diff": None, "reason": PENDING},
+            "onnxruntime": {"ok": None, "reason": PENDING},
+        },
+    )
+    session.add(row)
+    session.flush()
+    return row, True
+
+
+def create_dataset(
+    *,
+    session: Session,
+    store: ArtifactStore,
+    settings: Settings,
+    tenant_id: str,
+    stream: IO[bytes],
+    filename: str | None,
+    name: str | None,
+) -> tuple[Dataset, bool]:
+    """Store and check an .npz dataset; (row, created). Same bytes again → the existing row."""
+    stored = _store(store, stream, settings.max_dataset_bytes)
+    existing = session.scalar(
+        select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.sha256 == stored.sha256)
+    )
+    if existing is not None:
+        return existing, False
+    x, y = load_npz(stored.path, max_member_bytes=settings.max_npz_member_bytes)
+    facts = check_arrays(x, y)
+    row = Dataset(
+        tenant_id=tenant_id,
+        name=name or (filename or "dataset").rsplit(".", 1)[0],
+        sha256=stored.sha256,
+        size_bytes=stored.size,
+        n=facts.n,
+        shape=facts.shape,
+        dtype=facts.dtype,
+        num_classes=facts.num_classes,
+        value_range=facts.value_range,
+    )
+    session.add(row)
+    session.flush()
+    return row, True
+
+
+def get_model(*, session: Session, tenant_id: str, model_id: str) -> Model:
+    row = session.get(Model, model_id)
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound("model", model_id)
+    return row
+
+
+def get_dataset(*, session: Session, tenant_id: str, dataset_id: str) -> Dataset:
+    row = session.get(Dataset, dataset_id)
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound("dataset", dataset_id)
+    return row
+
+
+def list_models(
+    *, session: Session, tenant_id: str, limit: int, cursor: str | None, name: str | None
+) -> tuple[list[Model], str | None]:
+    stmt = select(Model).where(Model.tenant_id == tenant_id)
+    if name:
+        stmt = stmt.where(Model.name == name)
+    return paginate(session, stmt, Model, limit=limit, cursor=cursor)
+
+
+def list_datasets(
+    *, session: Session, tenant_id: str, limit: int, cursor: str | None
+) -> tuple[list[Dataset], str | None]:
+    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id)
+    return paginate(session, stmt, Dataset, limit=limit, cursor=cursor)
+
+
+def model_json(row: Model) -> dict[str, Any]:
+    intake = row.intake
+    out = intake["output"]
+    return {
+        "id": row.id,
+        "name": row.name,
+        "version": row.version,
+        "sha256": row.sha256,
+        "size_bytes": row.size_bytes,
+        "opset": row.opset,
+        "input_range": row.input_range,
+        "input": intake["input"],
+        "output": {"name": out["name"], "num_classes": out["num_classes"], "kind": out["kind"]},
+        "backends": row.backends,
+        "class_names": row.class_names,
+        "notes": intake.get("notes", []),
+        "created_at": row.created_at.isoformat(),
+    }
+
+
+def dataset_json(row: Dataset) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "sha256": row.sha256,
+        "size_bytes": row.size_bytes,
+        "n": row.n,
+        "shape": row.shape,
+        "dtype": row.dtype,
+        "num_classes": row.num_classes,
+        "value_range": row.value_range,
+        "created_at": row.created_at.isoformat(),
+    }

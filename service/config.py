@@ -1,0 +1,59 @@
+"""Configuration from the environment, mapped in one place (Warehouse `configure()`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob robaudit reads; `from_env` documents the variable behind each one."""
+
+    data_dir: Path
+    database_url: str
+    redis_url: str | None = None
+    redis_prefix: str = ""
+    queue: str = "robaudit"
+    max_model_bytes: int = 1024 * MiB
+    max_dataset_bytes: int = 1024 * MiB
+    max_npz_member_bytes: int = 4096 * MiB
+    audit_time_limit_s: int = 6 * 3600
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """ROBAUDIT_DATA_DIR, DATABASE_URL, REDIS_URL, ROBAUDIT_REDIS_PREFIX, ROBAUDIT_QUEUE,
+        ROBAUDIT_MAX_MODEL_MB, ROBAUDIT_MAX_DATASET_MB, ROBAUDIT_AUDIT_TIME_LIMIT_S."""
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("ROBAUDIT_DATA_DIR", ".robaudit")).resolve()
+        return cls(
+            data_dir=data_dir,
+            database_url=env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'robaudit.db'}",
+            redis_url=env.get("REDIS_URL") or None,
+            redis_prefix=env.get("ROBAUDIT_REDIS_PREFIX", ""),
+            queue=env.get("ROBAUDIT_QUEUE", "robaudit"),
+            max_model_bytes=int(env.get("ROBAUDIT_MAX_MODEL_MB", "1024")) * MiB,
+            max_dataset_bytes=int(env.get("ROBAUDIT_MAX_DATASET_MB", "1024")) * MiB,
+            audit_time_limit_s=int(env.get("ROBAUDIT_AUDIT_TIME_LIMIT_S", str(6 * 3600))),
+        )
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **overrides)
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.artifact_dir, self.broker_dir):
+            d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""SQLAlchemy models of the audit history and session helpers (no Flask, no Celery)."""

@@ -1,0 +1,61 @@
+"""The Celery client configuration shared by the API (send by name) and the workers.
+
+Redis when REDIS_URL is set; otherwise kombu's filesystem transport in the data directory,
+which needs no server (measured: Celery 5.7, `-P solo` worker, tasks sent from another
+process). No result backend: results live in the database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from service.config import Settings
+
+RUN_AUDIT = "robaudit.run_audit"
+INSPECT_MODEL = "robaudit.inspect_model"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    if settings.redis_url:
+        broker_url = settings.redis_url
+        transport: dict[str, Any] = {"visibility_timeout": settings.audit_time_limit_s + 600}
+        if settings.redis_prefix:
+            transport["global_keyprefix"] = settings.redis_prefix
+    else:
+        folder = str(settings.broker_dir)
+        broker_url = "filesystem://"
+        transport = {"data_folder_in": folder, "data_folder_out": folder, "store_processed": False}
+    return {
+        "broker_url": broker_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": settings.queue,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+    }
+
+
+def make_celery(settings: Settings, name: str = "robaudit") -> Celery:
+    app = Celery(name)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def broker_reachable(settings: Settings) -> tuple[bool, str]:
+    """Whether tasks can be sent now (for /readyz)."""
+    if settings.redis_url:
+        import redis
+
+        try:
+            redis.Redis.from_url(settings.redis_url, socket_timeout=2).ping()
+        except Exception as exc:
+            return False, f"redis: {exc}"
+        return True, "redis"
+    ok = settings.broker_dir.is_dir()
+    return ok, "filesystem" if ok else f"broker folder {settings.broker_dir} missing"

@@ -1,0 +1,194 @@
+"""Request and response schemas (pydantic v2); flask-openapi3 builds /openapi.json from them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from flask_openapi3 import FileStorage
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+
+
+class _Form(BaseModel):
+    # flask-openapi3 json-decodes form values, so "1" arrives as 1: accept it as text.
+    model_config = ConfigDict(coerce_numbers_to_str=True, extra="forbid")
+
+
+class ModelForm(_Form):
+    file: FileStorage = Field(description="The ONNX model, a single self-contained file")
+    name: str | None = Field(None, max_length=200)
+    version: str | None = Field(None, max_length=100)
+    input_range: str | list[float] | None = Field(
+        None, description="Input bounds 'lo,hi' (default 0,1)"
+    )
+    output: str | None = Field(None, max_length=200, description="The output name to audit")
+    class_names: str | list[str] | None = Field(
+        None, description="Comma-separated or JSON list of class names"
+    )
+
+
+class DatasetForm(_Form):
+    file: FileStorage = Field(description=".npz with arrays x (float, N×…) and y (int, N)")
+    name: str | None = Field(None, max_length=200)
+
+
+class LandscapeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    samples: int = Field(4, ge=0, le=64)
+    resolution: int = Field(21, ge=3, le=101)
+    span: float = Field(2.0, gt=0, le=10)
+
+
+class AuditConfig(BaseModel):
+    """The audit settings of api-v1.md, with their defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    norm: Literal["linf", "l2"] = "linf"
+    epsilons: list[PositiveFloat] = Field(
+        default_factory=lambda: [0.03], min_length=1, max_length=16
+    )
+    steps: int = Field(20, ge=1, le=1000)
+    step_size: PositiveFloat | None = None
+    restarts: int = Field(1, ge=1, le=20)
+    logit_normalization: Literal["l2", "none"] = "l2"
+    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    max_samples: int = Field(1000, ge=1, le=100_000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    baselines: list[Literal["clean", "fgsm", "pgd"]] = ["clean", "fgsm", "pgd"]
+    landscape: LandscapeConfig = LandscapeConfig()
+
+
+class AuditCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_id: str
+    dataset_id: str
+    config: AuditConfig = AuditConfig()
+    force: bool = Field(False, description="Run again even if an identical audit succeeded")
+
+
+class IdempotencyHeader(BaseModel):
+    idempotency_key: str | None = Field(None, alias="Idempotency-Key", max_length=200)
+
+
+class ListQuery(BaseModel):
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = None
+
+
+class ModelListQuery(ListQuery):
+    name: str | None = None
+
+
+class AuditListQuery(ListQuery):
+    model_id: str | None = None
+    model_name: str | None = None
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+class ModelPath(BaseModel):
+    model_id: str
+
+
+class DatasetPath(BaseModel):
+    dataset_id: str
+
+
+class AuditPath(BaseModel):
+    audit_id: str
+
+
+class TensorSpec(BaseModel):
+    name: str
+    shape: list[int | str | None]
+    dtype: str
+
+
+class OutputSpec(BaseModel):
+    name: str
+    num_classes: int | None
+    kind: Literal["logits", "probabilities"]
+
+
+class BackendState(BaseModel):
+    ok: bool | None
+    parity_max_abs_diff: float | None = None
+    reason: str | None = None
+
+
+class ModelOut(BaseModel):
+    id: str
+    name: str
+    version: str | None
+    sha256: str
+    size_bytes: int
+    opset: int
+    input_range: list[float]
+    input: TensorSpec
+    output: OutputSpec
+    backends: dict[str, BackendState]
+    class_names: list[str] | None
+    created_at: datetime
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    sha256: str
+    size_bytes: int
+    n: int
+    shape: list[int]
+    dtype: str
+    num_classes: int
+    value_range: list[float]
+    created_at: datetime
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+    stage: str | None
+
+
+class AuditOut(BaseModel):
+    id: str
+    model_id: str
+    dataset_id: str
+    config: dict[str, Any]
+    status: str
+    progress: Progress
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    backend: str | None
+    error: str | None
+    result: dict[str, Any] | None
+
+
+class AuditCreated(BaseModel):
+    id: str
+    status: str
+    links: dict[str, str]
+
+
+class ModelPage(BaseModel):
+    items: list[ModelOut]
+    next_cursor: str | None
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    next_cursor: str | None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditOut]
+    next_cursor: str | None
+
+
+class ProblemOut(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str

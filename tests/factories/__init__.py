@@ -1,0 +1,1 @@
+"""Builders per domain: ONNX models, datasets, API tenants."""

@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks that take IDs, load rows, call the numeric core, store results."""

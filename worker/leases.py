@@ -1,0 +1,82 @@
+"""Row-level state transitions of an audit, each one conditional UPDATE."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.persistence.models import Audit, AuditStatus, utcnow
+
+STALE_AFTER = timedelta(minutes=10)
+
+
+def take_lease(session: Session, audit_id: str, worker: str) -> bool:
+    """queued → running (or take over a running audit whose worker stopped heartbeating)."""
+    now = utcnow()
+    result = session.execute(
+        update(Audit)
+        .where(
+            Audit.id == audit_id,
+            Audit.cancel_requested.is_(False),
+            or_(
+                Audit.status == AuditStatus.QUEUED.value,
+                and_(
+                    Audit.status == AuditStatus.RUNNING.value,
+                    Audit.heartbeat_at < now - STALE_AFTER,
+                ),
+            ),
+        )
+        .values(
+            status=AuditStatus.RUNNING.value,
+            started_at=now,
+            heartbeat_at=now,
+            worker=worker,
+            attempts=Audit.attempts + 1,
+            stage="loading",
+        )
+    )
+    session.commit()
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def report_progress(session: Session, audit_id: str, done: int, total: int, stage: str) -> bool:
+    """Store progress and a heartbeat; answers whether a cancel was requested.
+
+    Ends with a commit so that no transaction stays open while the engine computes.
+    """
+    cancel = session.scalar(select(Audit.cancel_requested).where(Audit.id == audit_id))
+    session.execute(
+        update(Audit)
+        .where(Audit.id == audit_id)
+        .values(progress_done=done, progress_total=total, stage=stage, heartbeat_at=utcnow())
+    )
+    session.commit()
+    return bool(cancel)
+
+
+def finish(
+    session: Session,
+    audit_id: str,
+    status: AuditStatus,
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+    backend: str | None = None,
+) -> None:
+    """running → a terminal status, with the result or the error."""
+    session.execute(
+        update(Audit)
+        .where(Audit.id == audit_id, Audit.status == AuditStatus.RUNNING.value)
+        .values(
+            status=status.value,
+            result=result,
+            error=error,
+            backend=backend,
+            finished_at=utcnow(),
+            stage=status.value,
+        )
+    )
+    session.commit()
