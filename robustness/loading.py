@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import torch
 
 from robustness.backends.base import ScoreBackend
@@ -12,6 +14,7 @@ from robustness.backends.ort_backend import OrtBackend
 from robustness.backends.torch_backend import TorchBackend, parity
 from robustness.errors import AuditInputError, ModelRejected
 from robustness.onnx_graph import ModelInfo, inspect, load_model_bytes, scores_graph
+from robustness.onnx_lowering import lower_ml_ops
 from robustness.spec import BackendKind
 
 PARITY_RTOL = 1e-4
@@ -40,6 +43,7 @@ class LoadedModel:
     info: ModelInfo
     backend: ScoreBackend
     statuses: dict[BackendKind, BackendStatus]
+    notes: tuple[str, ...] = ()
 
     @property
     def parity_max_abs_diff(self) -> float | None:
@@ -65,23 +69,29 @@ def load(
 
     `probe` holds real inputs (the audit's own samples) for the parity check.
     """
-    model = load_model_bytes(data)
-    info = inspect(model, output)
-    graph = scores_graph(model, info)
+    model, info, notes = _lowered(load_model_bytes(data), output, probe)
     log_probs = info.kind == "probabilities" and not info.softmax_stripped
-    try:
-        ort_backend = OrtBackend(
-            graph,
-            log_probabilities=log_probs,
-            device=device,
-            directions=fd_directions,
-            seed=seed,
+
+    def session(graph: onnx.ModelProto) -> tuple[OrtBackend, np.ndarray]:
+        backend = OrtBackend(
+            graph, log_probabilities=log_probs, device=device, directions=fd_directions, seed=seed
         )
-        reference = ort_backend.raw_outputs(torch.from_numpy(probe)).cpu().numpy()
+        return backend, backend.raw_outputs(torch.from_numpy(probe)).cpu().numpy()
+
+    graph = scores_graph(model, info, rebatch=not info.fixed_batch)
+    try:
+        ort_backend, reference = session(graph)
     except Exception as exc:
         raise ModelRejected(f"onnxruntime cannot run this model on the data: {exc}") from exc
     _check_scores(reference, info)
     statuses = {BackendKind.ONNXRUNTIME: BackendStatus(ok=True)}
+    if info.fixed_batch:
+        graph, ort_backend = _rebatched(model, info, session, graph, ort_backend, reference)
+        notes.append(
+            "fixed batch of 1 made batchable (checked)"
+            if ort_backend.batched
+            else "fixed batch of 1 kept: samples run one at a time"
+        )
     torch_backend: TorchBackend | None = None
     if backend is BackendKind.ONNXRUNTIME:
         statuses[BackendKind.TORCH] = BackendStatus(ok=False, reason="not requested")
@@ -95,14 +105,67 @@ def load(
             "use backend 'auto' or 'onnxruntime'"
         )
     chosen: ScoreBackend = torch_backend if torch_backend is not None else ort_backend
-    return LoadedModel(info=info, backend=chosen, statuses=statuses)
+    return LoadedModel(info=info, backend=chosen, statuses=statuses, notes=tuple(notes))
+
+
+def _lowered(
+    model: onnx.ModelProto, output: str | None, probe: np.ndarray
+) -> tuple[onnx.ModelProto, ModelInfo, list[str]]:
+    """Lower ai.onnx.ml ops when onnxruntime shows the lowered graph computes the same scores."""
+    info = inspect(model, output)
+    lowered = lower_ml_ops(model)
+    if lowered is model:
+        return model, info, []
+    try:
+        lowered_info = inspect(lowered, output)
+        want, got = (
+            OrtBackend(
+                scores_graph(m, i, rebatch=False, strip_softmax=False),
+                log_probabilities=False,
+                device=torch.device("cpu"),
+            ).raw_outputs(torch.from_numpy(probe))
+            for m, i in ((model, info), (lowered, lowered_info))
+        )
+        ok = want.shape == got.shape and parity(got.numpy(), want.numpy())[1] <= PARITY_RTOL
+    except Exception:
+        ok = False
+    if not ok:
+        return model, info, ["ai.onnx.ml ops kept: their standard-op rewrite did not match"]
+    return lowered, lowered_info, ["ai.onnx.ml ops rewritten to standard ops (checked)"]
+
+
+def _rebatched(
+    model: onnx.ModelProto,
+    info: ModelInfo,
+    session: Callable[[onnx.ModelProto], tuple[OrtBackend, np.ndarray]],
+    fixed: onnx.ModelProto,
+    fixed_backend: OrtBackend,
+    reference: np.ndarray,
+) -> tuple[onnx.ModelProto, OrtBackend]:
+    """A graph exported with batch 1, made batchable if the rewrite matches the original."""
+    candidate = scores_graph(model, info, rebatch=True)
+    try:
+        backend, got = session(candidate)
+    except Exception:
+        return fixed, fixed_backend
+    if (
+        backend.batched
+        and got.shape == reference.shape
+        and parity(got, reference)[1] <= PARITY_RTOL
+    ):
+        return candidate, backend
+    return fixed, fixed_backend
 
 
 def _try_torch(
-    graph: object, log_probs: bool, device: torch.device, probe: np.ndarray, reference: np.ndarray
+    graph: onnx.ModelProto,
+    log_probs: bool,
+    device: torch.device,
+    probe: np.ndarray,
+    reference: np.ndarray,
 ) -> tuple[TorchBackend | None, BackendStatus]:
     try:
-        candidate = TorchBackend(graph, log_probabilities=log_probs, device=device)  # type: ignore[arg-type]
+        candidate = TorchBackend(graph, log_probabilities=log_probs, device=device)
         got = candidate.raw_outputs(torch.from_numpy(probe)).cpu().numpy()
     except Exception as exc:
         return None, BackendStatus(ok=False, reason=f"conversion failed: {str(exc)[:300]}")

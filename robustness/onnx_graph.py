@@ -107,6 +107,8 @@ def inspect(model: onnx.ModelProto, output: str | None = None) -> ModelInfo:
     score, kind, notes = _score_tensor(model, inferred, output)
     strip_from = _softmax_input(model, score)
     out_shape = _dims(inferred[score].type.tensor_type.shape) if score in inferred else ()
+    if len(out_shape) > 2 and all(d == 1 for d in out_shape[2:]):
+        out_shape = out_shape[:2]  # [N, C, 1, 1] scores (SqueezeNet, DenseNet) are flattened
     if out_shape and len(out_shape) != 2:
         raise ModelRejected(
             f"output {score!r} has shape {list(out_shape)}; a classifier's score output is "
@@ -131,13 +133,20 @@ def inspect(model: onnx.ModelProto, output: str | None = None) -> ModelInfo:
     )
 
 
-def scores_graph(model: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
+def scores_graph(
+    model: onnx.ModelProto, info: ModelInfo, *, rebatch: bool = True, strip_softmax: bool = True
+) -> onnx.ModelProto:
     """The subgraph from the data input to the scores: logits where a Softmax could be cut.
 
-    Initializers leave the input list, the batch dimension becomes symbolic, and every node
-    that does not feed the scores (labels, ZipMap, ArrayFeatureExtractor) is dropped.
+    Initializers leave the input list, every node that does not feed the scores (labels,
+    ZipMap, ArrayFeatureExtractor) is dropped, and [N, C, 1, 1] scores are flattened.
+    With `rebatch`, the batch dimension becomes symbolic; in a graph exported with a fixed
+    batch of 1, constant Reshape targets that start with 1 then start with 0 ("copy the
+    input's dimension"). That rewrite is a guess about the graph, so callers check it
+    against the graph run as it was (see robustness.loading).
     """
-    target = _softmax_input(model, info.output_name) or info.output_name
+    stripped = _softmax_input(model, info.output_name) if strip_softmax else None
+    target = stripped or info.output_name
     m = onnx.ModelProto()
     m.CopyFrom(model)
     init_names = {i.name for i in m.graph.initializer}
@@ -146,19 +155,45 @@ def scores_graph(model: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
     m.graph.input.extend(kept_inputs)
     if m.ir_version < 4:
         m.ir_version = 4  # IR 3 requires initializers to be inputs; 4 lets them stand alone
-    _symbolic_batch(m.graph.input[0])
+    if rebatch:
+        _symbolic_batch(m.graph.input[0])
+        if info.fixed_batch:
+            _rebatch_reshapes(m.graph)
     inferred = _infer(m)
+    shape = _dims(inferred[target].type.tensor_type.shape) if target in inferred else ()
+    if len(shape) > 2 and all(d == 1 for d in shape[2:]):
+        flat = f"{target}__scores"
+        m.graph.node.append(helper.make_node("Flatten", [target], [flat], axis=1))
+        target = flat
+        inferred = _infer(m)
     value = inferred.get(target)
     if value is None:
         value = helper.make_tensor_value_info(target, TensorProto.FLOAT, None)
     out = onnx.ValueInfoProto()
     out.CopyFrom(value)
-    if out.type.tensor_type.HasField("shape") and out.type.tensor_type.shape.dim:
+    if rebatch and out.type.tensor_type.HasField("shape") and out.type.tensor_type.shape.dim:
         _symbolic_batch(out)
     del m.graph.output[:]
     m.graph.output.append(out)
     _prune(m.graph, target)
     return m
+
+
+def _rebatch_reshapes(graph: onnx.GraphProto) -> None:
+    consts = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    consts[node.output[0]] = attr.t
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.input[1] not in consts:
+            continue
+        tensor = consts[node.input[1]]
+        shape = numpy_helper.to_array(tensor).copy()
+        if shape.ndim == 1 and shape.size >= 2 and shape[0] == 1:
+            shape[0] = 0
+            tensor.CopyFrom(numpy_helper.from_array(shape.astype("int64"), tensor.name))
 
 
 def data_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
@@ -219,14 +254,16 @@ def _score_tensor(
 
 
 def _softmax_input(model: onnx.ModelProto, tensor: str) -> str | None:
-    """The input of a last-axis Softmax that produces `tensor`, if there is one."""
-    for node in model.graph.node:
-        if tensor in node.output and node.op_type == "Softmax":
-            axis = next((a.i for a in node.attribute if a.name == "axis"), None)
-            # Softmax-1/11 default axis 1 == last axis for [N, C]; Softmax-13 defaults to -1.
-            if axis in (None, 1, -1):
-                return str(node.input[0])
-    return None
+    """The input of a last-axis Softmax that produces `tensor`, looking through Identity/Cast."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = producers.get(tensor)
+    while node is not None and node.op_type in ("Identity", "Cast"):
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "Softmax":
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+    # Softmax-1/11 default axis 1 == last axis for [N, C]; Softmax-13 defaults to -1.
+    return str(node.input[0]) if axis in (None, 1, -1) else None
 
 
 def _prune(graph: onnx.GraphProto, target: str) -> None:

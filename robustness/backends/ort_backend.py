@@ -54,12 +54,12 @@ class OrtBackend:
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # failures surface as exceptions; the C++ log is noise
         self.session = ort.InferenceSession(
             graph.SerializeToString(), sess_options=options, providers=providers
         )
         self.input_name = self.session.get_inputs()[0].name
-        self._batched = self._accepts_batches()
+        self.batched = self._accepts_batches()
 
     def raw_outputs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.run(x.detach().cpu().numpy())).to(self.device)
@@ -70,7 +70,7 @@ class OrtBackend:
     def run(self, x: np.ndarray) -> np.ndarray:
         """Forward pass in chunks of at most `max_batch` rows (one row at a time if fixed)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        step = self.max_batch if self._batched else 1
+        step = self.max_batch if self.batched else 1
         outs = [
             self.session.run(None, {self.input_name: x[i : i + step]})[0]
             for i in range(0, len(x), step)
