@@ -1,0 +1,41 @@
+"""An app bound to the per-test savepoint session, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
+
+from service.app import create_app
+from service.config import Settings
+from tests.factories.api import tenant_headers
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings(database_url: str, data_dir: Path) -> Settings:
+    return Settings(data_dir=data_dir, database_url=database_url)
+
+
+@pytest.fixture
+def app(settings: Settings, db_session: Session) -> Iterator[Flask]:
+    app = create_app({"ROBAUDIT_SETTINGS": settings, "TESTING": True})
+    state = app.extensions["robaudit.db"]
+    state.session_factory = lambda: db_session
+    yield app
+    state.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def auth(db_session: Session) -> dict[str, str]:
+    return tenant_headers(db_session, "acme")
