@@ -1,0 +1,157 @@
+"""Upload, audit and read the result through real API and worker processes."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from tests import services
+from tests.e2e.conftest import ROBAUDIT, Running, base_env, spawn, stop, wait_http
+from tests.factories.models import cnn_onnx, digits_split, natural_cnn
+
+CONFIG = {"epsilons": [0.1], "steps": 5, "max_samples": 48}
+
+
+def audit_over_http(running: Running, timeout: float = 240) -> dict:
+    split = digits_split()
+    npz = io.BytesIO()
+    np.savez_compressed(npz, x=split.x_test[:48], y=split.y_test[:48])
+    h = running.headers()
+    model = requests.post(
+        f"{running.url}/v1/models",
+        files={"file": ("digits.onnx", cnn_onnx(natural_cnn()))},
+        data={"name": "digits-cnn"},
+        headers=h,
+        timeout=60,
+    )
+    assert model.status_code == 201, model.text
+    dataset = requests.post(
+        f"{running.url}/v1/datasets",
+        files={"file": ("test.npz", npz.getvalue())},
+        headers=h,
+        timeout=60,
+    )
+    assert dataset.status_code == 201, dataset.text
+    body = {"model_id": model.json()["id"], "dataset_id": dataset.json()["id"], "config": CONFIG}
+    created = requests.post(f"{running.url}/v1/audits", json=body, headers=h, timeout=30)
+    assert created.status_code == 202, created.text
+    self_url = running.url + created.json()["links"]["self"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        audit = requests.get(self_url, headers=h, timeout=10).json()
+        if audit["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"audit still {audit['status']} after {timeout}s\n{running.dump_logs()}")
+    assert audit["status"] == "succeeded", (audit["error"], running.dump_logs())
+    checked = requests.get(
+        f"{running.url}/v1/models/{model.json()['id']}", headers=h, timeout=10
+    ).json()
+    return {"audit": audit, "model": checked}
+
+
+def assert_result(audit: dict) -> None:
+    result = audit["result"]
+    eps = result["per_epsilon"][0]
+    assert eps["epsilon"] == 0.1
+    assert eps["divergence"]["mean"] > 0
+    assert eps["clean_accuracy"] > 0.8
+    assert eps["pgd_accuracy"] < eps["clean_accuracy"]
+    assert result["samples"] == 48
+    assert audit["backend"] == "torch"
+    assert audit["progress"]["done"] == audit["progress"]["total"]
+
+
+def test_embedded_mode_end_to_end(embedded: Running) -> None:
+    out = audit_over_http(embedded)
+    assert_result(out["audit"])
+    history = requests.get(
+        f"{embedded.url}/v1/audits", headers=embedded.headers(), timeout=10
+    ).json()
+    assert [a["id"] for a in history["items"]] == [out["audit"]["id"]]
+    ready = requests.get(f"{embedded.url}/readyz", timeout=10).json()
+    assert ready["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_embedded_mode_stops_its_children(tmp_path: Path) -> None:
+    port = services.free_port()
+    data_dir = tmp_path / "data"
+    log = tmp_path / "up.log"
+    proc = spawn(
+        [*ROBAUDIT, "up", "--port", str(port), "--data-dir", str(data_dir)], base_env(data_dir), log
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}", [proc])
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert len(children) == 2  # the API and the worker
+    finally:
+        stop([proc])
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    for pid in children:
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )
+    assert (data_dir / "dev-api-key").read_text().startswith("ra_")
+
+
+@pytest.fixture
+def production(tmp_path: Path) -> Iterator[Running]:
+    """gunicorn + a Celery worker, on a fresh PostgreSQL database and Redis with a key prefix."""
+    redis_url = services.require_redis()
+    db_url = services.create_pg_database()
+    prefix = f"robaudit-test-{uuid.uuid4().hex[:8]}:"
+    env = base_env(tmp_path / "data")
+    env.update(
+        DATABASE_URL=db_url,
+        REDIS_URL=redis_url,
+        ROBAUDIT_REDIS_PREFIX=prefix,
+        ROBAUDIT_QUEUE=f"robaudit-{uuid.uuid4().hex[:8]}",
+    )
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        subprocess.run([*ROBAUDIT, "db", "upgrade"], env=env, check=True, capture_output=True)
+        key = subprocess.run(
+            [*ROBAUDIT, "keys", "create", "--tenant", "ci"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        port = services.free_port()
+        logs = [tmp_path / "api.log", tmp_path / "worker.log"]
+        procs.append(
+            spawn(
+                [*ROBAUDIT, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"], env, logs[0]
+            )
+        )
+        procs.append(spawn([*ROBAUDIT, "worker"], env, logs[1]))
+        running = Running(f"http://127.0.0.1:{port}", key, procs, logs)
+        wait_http(running.url, procs)
+        yield running
+    finally:
+        stop(procs)
+        services.drop_pg_database(db_url)
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        for k in client.scan_iter(match=f"{prefix}*"):
+            client.delete(k)
+
+
+def test_redis_postgres_mode_end_to_end(production: Running) -> None:
+    out = audit_over_http(production)
+    assert_result(out["audit"])
+    assert out["model"]["backends"]["torch"]["ok"] is True  # the inspect task ran too
+    ready = requests.get(f"{production.url}/readyz", timeout=10).json()
+    assert ready["checks"] == {"database": "ok", "broker": "ok"}
