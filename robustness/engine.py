@@ -81,12 +81,12 @@ def run_audit(
     batches = [(i, min(i + spec.batch_size, n)) for i in range(0, n, spec.batch_size)]
     bounds = spec.input_range
     stages = dict.fromkeys(("divergence", "random_probe", "clean", "fgsm", "pgd"), 0.0)
-    total = len(batches) * (1 + len(spec.epsilons))
+    total = n * len(spec.epsilons)  # progress counts samples done, per ε
     done = 0
 
-    def tick(stage: str) -> None:
+    def tick(stage: str, samples: int) -> None:
         nonlocal done
-        done += 1
+        done += samples
         if progress is not None:
             progress(done, total, stage)
         if cancelled is not None and cancelled():
@@ -103,7 +103,7 @@ def run_audit(
         xb, yb = xt[i:j].to(device), yt[i:j].to(device)
         with torch.no_grad(), timed("clean"):
             clean[i:j] = (backend.scores(xb).argmax(1) == yb).cpu()
-        tick("clean")
+        tick("clean", 0)
 
     per_eps: list[EpsilonResult] = []
     zero = torch.zeros(n, dtype=torch.bool)
@@ -150,7 +150,7 @@ def run_audit(
                         alpha=alpha,
                         bounds=bounds,
                     )(xb, yb, gen)
-            tick(f"epsilon {eps:g}")
+            tick(f"epsilon {eps:g}", j - i)
         per_eps.append(
             EpsilonResult(
                 epsilon=eps,

@@ -23,6 +23,7 @@ def lower_ml_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = _opset(m)
     producers = {o: n.op_type for n in m.graph.node for o in n.output}
     new_nodes: list[onnx.NodeProto] = []
+    changed = False
     for node in m.graph.node:
         replacement = None
         if node.domain == "ai.onnx.ml" and node.op_type == "LinearClassifier":
@@ -32,8 +33,11 @@ def lower_ml_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         if replacement is None:
             new_nodes.append(node)
         else:
+            changed = True
             new_nodes.extend(replacement)
             producers.update({o: r.op_type for r in replacement for o in r.output})
+    if not changed:
+        return model
     del m.graph.node[:]
     m.graph.node.extend(new_nodes)
     return m

@@ -75,7 +75,7 @@ def create_audit(
         config=cfg,
         config_hash=digest,
         status=AuditStatus.QUEUED.value,
-        progress_total=min(dataset.n, config.max_samples),
+        progress_total=min(dataset.n, config.max_samples) * len(config.epsilons),
         idempotency_key=idempotency_key,
     )
     session.add(audit)

@@ -10,6 +10,19 @@ from typing import Any
 
 MiB = 1 << 20
 
+# Every environment variable robaudit reads (the compose test checks docker-compose against it).
+ENV_VARS = (
+    "ROBAUDIT_DATA_DIR",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "ROBAUDIT_REDIS_PREFIX",
+    "ROBAUDIT_QUEUE",
+    "ROBAUDIT_MAX_MODEL_MB",
+    "ROBAUDIT_MAX_DATASET_MB",
+    "ROBAUDIT_AUDIT_TIME_LIMIT_S",
+    "ROBAUDIT_DEVICE",
+)
+
 
 @dataclass(frozen=True)
 class Settings:

@@ -1,0 +1,182 @@
+"""`make demo`: two digit classifiers audited through the embedded robaudit service.
+
+Trains a natural CNN and a PGD-adversarially-trained twin on sklearn's digits, exports both to
+ONNX, starts `robaudit up` (API + one Celery worker + SQLite + embedded broker), uploads the
+models and the test split over HTTP, runs one audit each, and prints them side by side.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robaudit.digits import accuracy, load_split, to_onnx, train_cnn
+
+OUT = Path("demo-out")
+EPS = 0.1
+CONFIG = {"epsilons": [EPS], "steps": 20, "max_samples": 450, "seed": 0}
+
+
+def main() -> int:
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir()
+    split = load_split()
+    models = {}
+    for name, adv_eps in (("natural-cnn", 0.0), ("adversarial-cnn", EPS)):
+        start = time.perf_counter()
+        net = train_cnn(split, adversarial_eps=adv_eps)
+        seconds = time.perf_counter() - start
+        models[name] = to_onnx(net)
+        (OUT / f"{name}.onnx").write_bytes(models[name])
+        print(
+            f"trained {name:16s} clean accuracy {accuracy(net, split.x_test, split.y_test):.3f}  ({seconds:.1f}s)"
+        )
+    npz = io.BytesIO()
+    np.savez_compressed(npz, x=split.x_test, y=split.y_test)
+    (OUT / "digits-test.npz").write_bytes(npz.getvalue())
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (OUT / "robaudit-up.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "robaudit",
+            "up",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(OUT / "data"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        key = _wait_ready(url, OUT / "data" / "dev-api-key", proc)
+        print(f"robaudit is up at {url} (log: {OUT / 'robaudit-up.log'})")
+        dataset = _upload(url, key, "/v1/datasets", "digits-test.npz", npz.getvalue(), {})
+        rows = []
+        for name, data in models.items():
+            model = _upload(url, key, "/v1/models", f"{name}.onnx", data, {"name": name})
+            start = time.perf_counter()
+            created = _call(url, key, "POST", "/v1/audits",
+                            {"model_id": model["id"], "dataset_id": dataset["id"], "config": CONFIG})  # fmt: skip
+            audit = _wait_audit(url, key, created["links"]["self"])
+            rows.append((name, audit, time.perf_counter() - start))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        log.close()
+    return _report(rows)
+
+
+def _report(rows: list[tuple[str, dict[str, Any], float]]) -> int:
+    print()
+    print(f"Audit on {rows[0][1]['result']['samples']} digits test samples, L∞ ε = {EPS}, 20 steps")
+    print(
+        f"{'model':18s} {'divergence (mean ± 95% CI)':>30s} {'clean':>7s} {'FGSM':>7s} {'PGD':>7s} {'seconds':>8s}"
+    )
+    for name, audit, seconds in rows:
+        r = audit["result"]["per_epsilon"][0]
+        d = r["divergence"]
+        half = (d["ci95"][1] - d["ci95"][0]) / 2
+        print(
+            f"{name:18s} {d['mean']:>20.5f} ± {half:.5f} {100 * r['clean_accuracy']:6.1f}% "
+            f"{100 * r['fgsm_accuracy']:6.1f}% {100 * r['pgd_accuracy']:6.1f}% {seconds:8.1f}"
+        )
+    nat, adv = (row[1]["result"]["per_epsilon"][0]["divergence"]["mean"] for row in rows)
+    print()
+    if adv < nat:
+        print(
+            f"The adversarially trained model has the lower divergence ({adv:.5f} < {nat:.5f}): more robust."
+        )
+        return 0
+    print("UNEXPECTED: the adversarially trained model did not get the lower divergence.")
+    return 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, key_file: Path, proc: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"robaudit up exited; see {OUT / 'robaudit-up.log'}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:  # noqa: S310
+                if resp.status == 200 and key_file.exists():
+                    return key_file.read_text().strip()
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("robaudit up did not become ready in 120s")
+
+
+def _call(url: str, key: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + path, data=data, method=method)  # noqa: S310
+    req.add_header("Authorization", f"Bearer {key}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310
+        return json.loads(resp.read())
+
+
+def _upload(
+    url: str, key: str, path: str, filename: str, payload: bytes, fields: dict[str, str]
+) -> Any:
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + payload
+        + b"\r\n"
+    )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url + path, data=body, method="POST")  # noqa: S310
+    req.add_header("Authorization", f"Bearer {key}")
+    req.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310
+        return json.loads(resp.read())
+
+
+def _wait_audit(url: str, key: str, path: str) -> Any:
+    last = None
+    while True:
+        audit = _call(url, key, "GET", path)
+        progress = audit["progress"]
+        if (progress["done"], audit["status"]) != last:
+            print(
+                f"  audit {audit['id'][:8]}: {audit['status']:9s} {progress['done']}/{progress['total']} {progress['stage'] or ''}"
+            )
+            last = (progress["done"], audit["status"])
+        if audit["status"] == "succeeded":
+            return audit
+        if audit["status"] in ("failed", "cancelled"):
+            raise SystemExit(f"audit {audit['status']}: {audit['error']}")
+        time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""docker-compose.yml, the Dockerfiles and the import rules agree with the code.
+
+No docker engine runs here, so the compose file is parsed and checked against the CLI and
+the configuration it drives.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robaudit.cli import _parser
+from service.config import ENV_VARS
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_compose_has_the_designed_services() -> None:
+    assert set(SERVICES) == {"api", "worker", "redis", "postgres", "migrate"}
+
+
+@pytest.mark.parametrize("name", ["api", "worker", "migrate"])
+def test_commands_are_real_cli_commands(name: str) -> None:
+    command = SERVICES[name]["command"]
+    assert command[0] == "robaudit"
+    args = _parser().parse_args(command[1:])  # exits (fails the test) on an unknown command
+    assert hasattr(args, "handler")
+
+
+@pytest.mark.parametrize("name", ["api", "worker", "migrate"])
+def test_environment_names_are_ones_the_code_reads(name: str) -> None:
+    env = SERVICES[name]["environment"]
+    assert set(env) <= set(ENV_VARS), set(env) - set(ENV_VARS)
+    assert {"DATABASE_URL", "REDIS_URL"} <= set(env)
+
+
+def test_every_declared_variable_is_read_somewhere() -> None:
+    source = "\n".join(
+        p.read_text() for d in ("service", "worker", "robaudit") for p in (ROOT / d).rglob("*.py")
+    )
+    for var in ENV_VARS:
+        assert re.search(rf'"{var}"', source.replace("ENV_VARS", "")), var
+
+
+def test_worker_reserves_a_gpu_and_api_image_has_no_torch() -> None:
+    devices = SERVICES["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert SERVICES["worker"]["environment"]["ROBAUDIT_DEVICE"] == "cuda"
+    api_dockerfile = (ROOT / SERVICES["api"]["build"]["dockerfile"]).read_text()
+    assert "pip install ." in api_dockerfile
+    assert "[gpu]" in (ROOT / SERVICES["worker"]["build"]["dockerfile"]).read_text()
+
+
+def test_redis_is_append_only_and_postgres_is_health_checked() -> None:
+    assert "--appendonly" in SERVICES["redis"]["command"]
+    assert "pg_isready" in " ".join(SERVICES["postgres"]["healthcheck"]["test"])
+    assert SERVICES["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_import_contracts_hold() -> None:
+    """architecture.md's import rules, checked by import-linter (contracts in pyproject.toml)."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run(
+        [str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 kept, 0 broken" in result.stdout
