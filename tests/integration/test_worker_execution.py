@@ -72,7 +72,8 @@ def test_audit_runs_and_stores_the_contract_result(
     audit = run(db_session, settings, audit_id)
     assert audit.status == "succeeded", audit.error
     assert audit.backend == "torch"
-    assert audit.started_at is not None and audit.finished_at is not None
+    assert audit.started_at is not None
+    assert audit.finished_at is not None
     assert audit.progress_done == audit.progress_total > 0
     result = audit.result
     assert result is not None
@@ -116,7 +117,8 @@ def test_model_that_emits_nan_fails_with_a_clear_error(
 ) -> None:
     audit = run(db_session, settings, queue_audit(client, auth, to_onnx(NaNScores()), SMALL))
     assert audit.status == "failed"
-    assert audit.error is not None and "NaN or inf" in audit.error
+    assert audit.error is not None
+    assert "NaN or inf" in audit.error
 
 
 def test_cancel_requested_while_running_stops_at_a_batch_boundary(

@@ -89,7 +89,7 @@ def test_npz_zip_bomb_is_not_inflated(tmp_path: Path) -> None:
 
 
 def test_not_an_npz(tmp_path: Path) -> None:
-    with pytest.raises(DatasetRejected, match="not an .npz"):
+    with pytest.raises(DatasetRejected, match=r"not an \.npz"):
         datasets.load_npz(_npz(tmp_path, b"x,y\n1,2\n"), max_member_bytes=1 << 30)
 
 
