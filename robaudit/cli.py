@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--input-range", default="0,1")
     run.add_argument("--output", help="the output name to audit")
+    run.add_argument("--landscapes", type=int, default=4, help="samples to draw surfaces for")
+    run.add_argument("--plots", type=Path, help="write landscape PNGs into this folder")
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=cmd_run)
     return p
@@ -264,6 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             seed=args.seed,
             input_range=_range(args.input_range),
             max_samples=args.max_samples,
+            landscape_samples=args.landscapes,
         )
         x, y = load_npz(args.data, max_member_bytes=8 << 30)
         x, y = x[: spec.max_samples].astype("float32"), y[: spec.max_samples].astype("int64")
@@ -286,6 +289,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         "samples_per_second": result.samples / seconds if seconds else None,
         "stages": result.stage_seconds,
     }
+    if args.plots:
+        from worker.render import landscape_png
+
+        args.plots.mkdir(parents=True, exist_ok=True)
+        for k, landscape in enumerate(body["landscapes"]):
+            (args.plots / f"landscape-{k}.png").write_bytes(landscape_png(landscape))
     if args.json:
         print(json.dumps(body, indent=2))
         return 0

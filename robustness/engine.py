@@ -15,6 +15,7 @@ from robustness.attacks.fgsm import FGSM
 from robustness.attacks.pgd import PGD
 from robustness.backends.base import ScoreBackend
 from robustness.errors import AuditInputError
+from robustness.landscape import loss_landscape
 from robustness.spec import AuditResult, AuditSpec, Baseline, Diagnostics, EpsilonResult
 from robustness.stats import summarize
 
@@ -80,7 +81,7 @@ def run_audit(
     yt = torch.from_numpy(np.asarray(y[:n], dtype=np.int64))
     batches = [(i, min(i + spec.batch_size, n)) for i in range(0, n, spec.batch_size)]
     bounds = spec.input_range
-    stages = dict.fromkeys(("divergence", "random_probe", "clean", "fgsm", "pgd"), 0.0)
+    stages = dict.fromkeys(("divergence", "random_probe", "clean", "fgsm", "pgd", "landscape"), 0.0)
     total = n * len(spec.epsilons)  # progress counts samples done, per ε
     done = 0
 
@@ -161,6 +162,23 @@ def run_audit(
                 per_sample=tuple(float(v) for v in psi),
             )
         )
+    landscapes = []
+    with timed("landscape"):
+        for k in range(min(spec.landscape_samples, n)):
+            gen = torch.Generator(device=device).manual_seed(spec.seed * 1_000_003 + 104729 + k)
+            landscapes.append(
+                loss_landscape(
+                    backend,
+                    xt[k : k + 1].to(device),
+                    int(yt[k]),
+                    epsilon=spec.epsilons[0],
+                    norm=spec.norm,
+                    gen=gen,
+                    span=spec.landscape_span,
+                    resolution=spec.landscape_resolution,
+                    sample_index=k,
+                )
+            )
     zero_frac, nonfinite_frac = _mean(zero), _mean(nonfinite)
     diagnostics = Diagnostics(
         gradient_masking_suspected=bool(zero_frac > 0.05 or nonfinite_frac > 0 or random_wins > 0),
@@ -176,6 +194,7 @@ def run_audit(
         device=str(device),
         diagnostics=diagnostics,
         stage_seconds=stages,
+        landscapes=tuple(landscapes),
     )
 
 

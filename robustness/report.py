@@ -29,7 +29,7 @@ def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> d
             item["per_sample"] = list(r.per_sample)
         per_eps.append(item)
     diag = result.diagnostics
-    return {
+    body: dict[str, Any] = {
         "per_epsilon": per_eps,
         "samples": result.samples,
         "backend": result.backend.value,
@@ -40,4 +40,6 @@ def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> d
             "random_search_wins": diag.random_search_wins,
             "parity_max_abs_diff": diag.parity_max_abs_diff,
         },
+        "landscapes": [landscape.to_dict() for landscape in result.landscapes],
     }
+    return body

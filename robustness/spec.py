@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from robustness.landscape import Landscape
 
 
 class Norm(StrEnum):
@@ -53,6 +57,9 @@ class AuditSpec:
     batch_size: int = 128
     random_probes: int = 8
     fd_directions: int = 64
+    landscape_samples: int = 4
+    landscape_resolution: int = 21
+    landscape_span: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.epsilons or any(e <= 0 for e in self.epsilons):
@@ -112,3 +119,4 @@ class AuditResult:
     device: str
     diagnostics: Diagnostics
     stage_seconds: dict[str, float]
+    landscapes: tuple[Landscape, ...] = ()

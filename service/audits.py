@@ -132,6 +132,18 @@ def cancel_audit(*, session: Session, tenant_id: str, audit_id: str) -> Audit:
     return audit
 
 
+def get_landscape(*, session: Session, tenant_id: str, audit_id: str, k: int) -> dict[str, Any]:
+    """The k-th landscape of a succeeded audit (grids, and the sha256 of its picture)."""
+    audit = get_audit(session=session, tenant_id=tenant_id, audit_id=audit_id)
+    if audit.status != AuditStatus.SUCCEEDED.value or audit.result is None:
+        raise Problem(409, "Conflict", f"the audit is {audit.status}; landscapes come with success")
+    landscapes = audit.result.get("landscapes", [])
+    if not 0 <= k < len(landscapes):
+        raise NotFound("landscape", f"{audit_id}/{k}")
+    landscape: dict[str, Any] = landscapes[k]
+    return landscape
+
+
 def audit_json(row: Audit) -> dict[str, Any]:
     return {
         "id": row.id,

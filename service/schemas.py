@@ -99,6 +99,11 @@ class AuditPath(BaseModel):
     audit_id: str
 
 
+class LandscapePath(BaseModel):
+    audit_id: str
+    k: int = Field(ge=0)
+
+
 class TensorSpec(BaseModel):
     name: str
     shape: list[int | str | None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import traceback
@@ -21,6 +22,7 @@ from robustness.spec import AuditSpec, BackendKind, Baseline, LogitNormalization
 from service.config import Settings
 from service.persistence.models import Audit, AuditStatus, Model
 from service.storage import ArtifactStore
+from worker import render
 from worker.leases import report_progress
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,9 @@ def spec_from_config(config: dict[str, Any], input_range: list[float]) -> AuditS
         baselines=tuple(Baseline(b) for b in config["baselines"]),
         input_range=(float(input_range[0]), float(input_range[1])),
         max_samples=int(config["max_samples"]),
+        landscape_samples=int(config["landscape"]["samples"]),
+        landscape_resolution=int(config["landscape"]["resolution"]),
+        landscape_span=float(config["landscape"]["span"]),
     )
 
 
@@ -115,6 +120,9 @@ def execute_audit(
         tail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         return Outcome(AuditStatus.FAILED, error=f"internal error: {tail[:500]}")
     body = result_to_dict(result)
+    for landscape in body["landscapes"]:
+        png = render.landscape_png(landscape)
+        landscape["png_sha256"] = store.save_stream(io.BytesIO(png), max_bytes=len(png)).sha256
     body["manifest"] = {
         "model_sha256": model.sha256,
         "dataset_sha256": dataset.sha256,

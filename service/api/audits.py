@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Response, current_app, url_for
+from flask import Response, current_app, send_file, url_for
 
 from service import audits
-from service.api.common import blueprint, json_response
+from service.api.common import blueprint, json_response, store
 from service.auth import tenant_id
 from service.db import db
 from service.queue import RUN_AUDIT
@@ -17,6 +17,7 @@ from service.schemas import (
     AuditPage,
     AuditPath,
     IdempotencyHeader,
+    LandscapePath,
 )
 
 bp = blueprint("audits", "/v1/audits")
@@ -78,3 +79,21 @@ def cancel_audit(path: AuditPath) -> Response:
     row = audits.cancel_audit(session=session, tenant_id=tenant_id(), audit_id=path.audit_id)
     session.commit()
     return json_response(audits.audit_json(row))
+
+
+@bp.get("/<audit_id>/landscape/<int:k>", responses={200: None})
+def get_landscape(path: LandscapePath) -> Response:
+    """The k-th loss/decision surface as JSON grids (rows: adversarial, columns: random)."""
+    landscape = audits.get_landscape(
+        session=db.session, tenant_id=tenant_id(), audit_id=path.audit_id, k=path.k
+    )
+    return json_response(landscape)
+
+
+@bp.get("/<audit_id>/landscape/<int:k>.png", responses={200: None})
+def get_landscape_png(path: LandscapePath) -> Response:
+    """The k-th landscape as a picture: 3-D loss surface and margin contour with S = 0."""
+    landscape = audits.get_landscape(
+        session=db.session, tenant_id=tenant_id(), audit_id=path.audit_id, k=path.k
+    )
+    return send_file(store().path(landscape["png_sha256"]), mimetype="image/png", max_age=3600)
