@@ -172,8 +172,11 @@ def bench_d(s: dict, repeats: int) -> dict[str, object]:
         },
         max(3, repeats // 2),
     )
-    return {"name": "(d) onnxruntime FD backend vs torch backend, per sample", **t,
-            "detail": "16 digits samples; 64 px: coordinate-wise differences, 128 queries/step"}  # fmt: skip
+    return {
+        "name": "(d) onnxruntime FD backend vs torch backend, per sample",
+        **t,
+        "detail": "16 digits samples; 64 px: coordinate-wise differences, 128 queries/step",
+    }
 
 
 def _rss_peak_mib() -> float:
