@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,28 +24,6 @@ CancelFn = Callable[[], bool]
 
 class AuditCancelled(Exception):
     """The cancel check answered True between two batches."""
-
-
-@dataclass(frozen=True)
-class CostEstimate:
-    """Forward and backward passes per sample that an audit will spend."""
-
-    forward_passes: int
-    backward_passes: int
-    batches: int
-
-
-def estimate_cost(spec: AuditSpec, n: int) -> CostEstimate:
-    """Passes per sample (ε-sweep × (metric + baselines)) and the number of batches."""
-    per_eps_fwd = spec.restarts * (spec.steps + 1) + 1 + spec.random_probes
-    per_eps_bwd = spec.restarts * spec.steps
-    if Baseline.FGSM in spec.baselines:
-        per_eps_fwd, per_eps_bwd = per_eps_fwd + 2, per_eps_bwd + 1
-    if Baseline.PGD in spec.baselines:
-        per_eps_fwd, per_eps_bwd = per_eps_fwd + spec.steps + 1, per_eps_bwd + spec.steps
-    batches = -(-min(n, spec.max_samples) // spec.batch_size)
-    fwd = len(spec.epsilons) * per_eps_fwd + (1 if Baseline.CLEAN in spec.baselines else 0)
-    return CostEstimate(fwd, len(spec.epsilons) * per_eps_bwd, batches)
 
 
 def check_inputs(x: np.ndarray, y: np.ndarray, spec: AuditSpec) -> None:
@@ -110,6 +87,7 @@ def run_audit(
     zero = torch.zeros(n, dtype=torch.bool)
     nonfinite = torch.zeros(n, dtype=torch.bool)
     random_wins = 0
+    evidence: list[str] = []
     for e_index, eps in enumerate(spec.epsilons):
         psi = torch.zeros(n, dtype=torch.float64)
         fgsm = torch.zeros(n, dtype=torch.bool)
@@ -137,7 +115,13 @@ def run_audit(
             nonfinite[i:j] |= outcome.nonfinite_gradient
             with timed("random_probe"):
                 probe = search.random_probe(xb, gen, spec.random_probes)
-            random_wins += int((probe > outcome.psi * (1 + 1e-3) + 1e-7).sum())
+            wins = probe > outcome.psi * (1 + 1e-3) + 1e-7
+            random_wins += int(wins.sum())
+            for index in (wins.nonzero().flatten()[:3] + i).tolist():
+                evidence.append(
+                    f"ε={eps:g}: random noise reached KL {float(probe[index - i]):.4g} on sample "
+                    f"{index}, the gradient search only {float(outcome.psi[index - i]):.4g}"
+                )
             if Baseline.FGSM in spec.baselines:
                 with timed("fgsm"):
                     fgsm[i:j] = FGSM(backend, norm=spec.norm, eps=eps, bounds=bounds)(xb, yb)
@@ -180,12 +164,19 @@ def run_audit(
                 )
             )
     zero_frac, nonfinite_frac = _mean(zero), _mean(nonfinite)
+    if zero_frac > 0.05:
+        evidence.insert(
+            0, f"{zero_frac:.0%} of samples had an all-zero input gradient at the start"
+        )
+    if nonfinite_frac > 0:
+        evidence.insert(0, f"{nonfinite_frac:.0%} of samples had NaN or inf input gradients")
     diagnostics = Diagnostics(
         gradient_masking_suspected=bool(zero_frac > 0.05 or nonfinite_frac > 0 or random_wins > 0),
         zero_gradient_fraction=zero_frac,
         nonfinite_gradient_fraction=nonfinite_frac,
         random_search_wins=random_wins,
         parity_max_abs_diff=parity_max_abs_diff,
+        evidence=tuple(evidence[:10]),
     )
     return AuditResult(
         per_epsilon=tuple(per_eps),

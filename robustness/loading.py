@@ -69,7 +69,9 @@ def load(
 
     `probe` holds real inputs (the audit's own samples) for the parity check.
     """
-    model, info, notes = _lowered(load_model_bytes(data), output, probe)
+    model = load_model_bytes(data)
+    _check_probe_shape(inspect(model, output), probe)
+    model, info, notes = _lowered(model, output, probe)
     log_probs = info.kind == "probabilities" and not info.softmax_stripped
 
     def session(graph: onnx.ModelProto) -> tuple[OrtBackend, np.ndarray]:
@@ -182,6 +184,19 @@ def _try_torch(
             reason=f"parity failed: relative max |Δ| {rel:.2e} > {PARITY_RTOL:.0e}",
         )
     return candidate, BackendStatus(ok=True, parity_max_abs_diff=diff, parity_relative=rel)
+
+
+def _check_probe_shape(info: ModelInfo, probe: np.ndarray) -> None:
+    declared = list(info.input_shape[1:])
+    got = list(probe.shape[1:])
+    fits = len(declared) == len(got) and all(
+        not isinstance(d, int) or d == g for d, g in zip(declared, got, strict=True)
+    )
+    if not fits:
+        raise AuditInputError(
+            f"the model's input {info.input_name!r} takes samples of shape {declared} "
+            f"but the data's samples are {got}"
+        )
 
 
 def _check_scores(reference: np.ndarray, info: ModelInfo) -> None:

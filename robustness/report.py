@@ -39,6 +39,7 @@ def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> d
             "nonfinite_gradient_fraction": diag.nonfinite_gradient_fraction,
             "random_search_wins": diag.random_search_wins,
             "parity_max_abs_diff": diag.parity_max_abs_diff,
+            "evidence": list(diag.evidence),
         },
         "landscapes": [landscape.to_dict() for landscape in result.landscapes],
     }

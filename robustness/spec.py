@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from robustness.landscape import Landscape
@@ -107,6 +108,7 @@ class Diagnostics:
     nonfinite_gradient_fraction: float
     random_search_wins: int
     parity_max_abs_diff: float | None
+    evidence: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,3 +122,24 @@ class AuditResult:
     diagnostics: Diagnostics
     stage_seconds: dict[str, float]
     landscapes: tuple[Landscape, ...] = ()
+
+
+def spec_from_config(config: Mapping[str, Any], input_range: Sequence[float]) -> AuditSpec:
+    """The spec of an audit `config` object (api-v1.md), for a model with this input range."""
+    landscape = config.get("landscape", {})
+    return AuditSpec(
+        norm=Norm(config.get("norm", "linf")),
+        epsilons=tuple(float(e) for e in config.get("epsilons", (0.03,))),
+        steps=int(config.get("steps", 20)),
+        step_size=config.get("step_size"),
+        restarts=int(config.get("restarts", 1)),
+        logit_normalization=LogitNormalization(config.get("logit_normalization", "l2")),
+        seed=int(config.get("seed", 0)),
+        baselines=tuple(Baseline(b) for b in config.get("baselines", ("clean", "fgsm", "pgd"))),
+        input_range=(float(input_range[0]), float(input_range[1])),
+        max_samples=int(config.get("max_samples", 1000)),
+        fd_directions=int(config.get("fd_directions", 64)),
+        landscape_samples=int(landscape.get("samples", 4)),
+        landscape_resolution=int(landscape.get("resolution", 21)),
+        landscape_span=float(landscape.get("span", 2.0)),
+    )

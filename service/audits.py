@@ -10,7 +10,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from robustness.cost import estimate_cost
 from robustness.datasets import DatasetFacts, check_fit
+from robustness.spec import spec_from_config
 from service.catalog import get_dataset, get_model
 from service.errors import NotFound, Problem
 from service.pagination import paginate
@@ -130,6 +132,12 @@ def cancel_audit(*, session: Session, tenant_id: str, audit_id: str) -> Audit:
     session.flush()
     session.refresh(audit)
     return audit
+
+
+def estimate(audit: Audit) -> dict[str, int]:
+    """Forward/backward passes the audit will spend (before it runs)."""
+    spec = spec_from_config(audit.config, audit.model.input_range)
+    return estimate_cost(spec, audit.dataset.n).to_dict()
 
 
 def get_landscape(*, session: Session, tenant_id: str, audit_id: str, k: int) -> dict[str, Any]:

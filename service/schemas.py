@@ -171,10 +171,19 @@ class AuditOut(BaseModel):
     result: dict[str, Any] | None
 
 
+class CostOut(BaseModel):
+    samples: int
+    forward_passes: int
+    backward_passes: int
+    forward_passes_per_sample: int
+    backward_passes_per_sample: int
+
+
 class AuditCreated(BaseModel):
     id: str
     status: str
     links: dict[str, str]
+    estimate: CostOut
 
 
 class ModelPage(BaseModel):

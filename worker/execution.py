@@ -18,7 +18,7 @@ from robustness import engine, loading
 from robustness.datasets import load_npz
 from robustness.errors import AuditInputError
 from robustness.report import result_to_dict
-from robustness.spec import AuditSpec, BackendKind, Baseline, LogitNormalization, Norm
+from robustness.spec import BackendKind, spec_from_config
 from service.config import Settings
 from service.persistence.models import Audit, AuditStatus, Model
 from service.storage import ArtifactStore
@@ -42,24 +42,6 @@ def device() -> torch.device:
     """ROBAUDIT_DEVICE if set (e.g. cpu, cuda:1), else CUDA when present."""
     name = os.environ.get("ROBAUDIT_DEVICE")
     return torch.device(name) if name else loading.default_device()
-
-
-def spec_from_config(config: dict[str, Any], input_range: list[float]) -> AuditSpec:
-    return AuditSpec(
-        norm=Norm(config["norm"]),
-        epsilons=tuple(float(e) for e in config["epsilons"]),
-        steps=int(config["steps"]),
-        step_size=config.get("step_size"),
-        restarts=int(config["restarts"]),
-        logit_normalization=LogitNormalization(config["logit_normalization"]),
-        seed=int(config["seed"]),
-        baselines=tuple(Baseline(b) for b in config["baselines"]),
-        input_range=(float(input_range[0]), float(input_range[1])),
-        max_samples=int(config["max_samples"]),
-        landscape_samples=int(config["landscape"]["samples"]),
-        landscape_resolution=int(config["landscape"]["resolution"]),
-        landscape_span=float(config["landscape"]["span"]),
-    )
 
 
 def versions() -> dict[str, str]:
@@ -93,6 +75,7 @@ def execute_audit(
             backend=BackendKind(audit.config["backend"]),
             device=dev,
             seed=spec.seed,
+            fd_directions=spec.fd_directions,
         )
 
         cancel = False

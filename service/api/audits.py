@@ -43,9 +43,13 @@ def create_audit(body: AuditCreate, header: IdempotencyHeader) -> Response:
         "self": url_for("audits.get_audit", audit_id=row.id),
         "report": url_for("audits.get_audit", audit_id=row.id) + "/report",
     }
-    return json_response(
-        {"id": row.id, "status": row.status, "links": links}, 202 if created else 200
-    )
+    created_body = {
+        "id": row.id,
+        "status": row.status,
+        "links": links,
+        "estimate": audits.estimate(row),
+    }
+    return json_response(created_body, 202 if created else 200)
 
 
 @bp.get("", responses={200: AuditPage})

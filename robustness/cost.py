@@ -1,0 +1,61 @@
+"""What an audit will cost, in forward and backward passes, before it runs (no torch needed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from robustness.spec import AuditSpec, Baseline
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Passes per sample and in total (the onnxruntime backend adds finite-difference queries)."""
+
+    samples: int
+    forward_passes_per_sample: int
+    backward_passes_per_sample: int
+    landscapes: int
+    landscape_resolution: int
+
+    @property
+    def forward_passes(self) -> int:
+        grid = self.landscapes * (1 + self.landscape_resolution**2)
+        return self.samples * self.forward_passes_per_sample + grid
+
+    @property
+    def backward_passes(self) -> int:
+        return self.samples * self.backward_passes_per_sample + self.landscapes
+
+    def finite_difference_queries(self, queries_per_gradient: int) -> int:
+        """Extra forward evaluations when every backward pass is a finite-difference estimate."""
+        return self.backward_passes * queries_per_gradient
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "samples": self.samples,
+            "forward_passes": self.forward_passes,
+            "backward_passes": self.backward_passes,
+            "forward_passes_per_sample": self.forward_passes_per_sample,
+            "backward_passes_per_sample": self.backward_passes_per_sample,
+        }
+
+
+def estimate_cost(spec: AuditSpec, n: int) -> CostEstimate:
+    """Count the passes of run_audit for n samples under `spec`."""
+    samples = min(n, spec.max_samples)
+    # metric: clean reference + (K+1) per restart; random probes; FGSM 2 fwd/1 bwd; PGD K+1/K
+    fwd = spec.restarts * (spec.steps + 1) + 1 + spec.random_probes
+    bwd = spec.restarts * spec.steps
+    if Baseline.FGSM in spec.baselines:
+        fwd, bwd = fwd + 2, bwd + 1
+    if Baseline.PGD in spec.baselines:
+        fwd, bwd = fwd + spec.steps + 1, bwd + spec.steps
+    per_eps = len(spec.epsilons)
+    clean = 1 if Baseline.CLEAN in spec.baselines else 0
+    return CostEstimate(
+        samples=samples,
+        forward_passes_per_sample=per_eps * fwd + clean,
+        backward_passes_per_sample=per_eps * bwd,
+        landscapes=min(spec.landscape_samples, samples),
+        landscape_resolution=spec.landscape_resolution,
+    )
