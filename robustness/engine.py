@@ -13,6 +13,7 @@ from robustness.attacks.divergence import DivergenceSearch
 from robustness.attacks.fgsm import FGSM
 from robustness.attacks.pgd import PGD
 from robustness.backends.base import ScoreBackend
+from robustness.batching import choose_batch_size
 from robustness.errors import AuditInputError
 from robustness.landscape import loss_landscape
 from robustness.spec import AuditResult, AuditSpec, Baseline, Diagnostics, EpsilonResult
@@ -56,7 +57,10 @@ def run_audit(
     n = min(len(x), spec.max_samples)
     xt = torch.from_numpy(np.ascontiguousarray(x[:n], dtype=np.float32))
     yt = torch.from_numpy(np.asarray(y[:n], dtype=np.int64))
-    batches = [(i, min(i + spec.batch_size, n)) for i in range(0, n, spec.batch_size)]
+    size = choose_batch_size(
+        getattr(backend, "module", None), xt[:1], requested=spec.batch_size, device=device
+    )
+    batches = [(i, min(i + size, n)) for i in range(0, n, size)]
     bounds = spec.input_range
     stages = dict.fromkeys(("divergence", "random_probe", "clean", "fgsm", "pgd", "landscape"), 0.0)
     total = n * len(spec.epsilons)  # progress counts samples done, per ε
@@ -79,7 +83,7 @@ def run_audit(
     clean = torch.zeros(n, dtype=torch.bool)
     for i, j in batches:
         xb, yb = xt[i:j].to(device), yt[i:j].to(device)
-        with torch.no_grad(), timed("clean"):
+        with torch.inference_mode(), timed("clean"):
             clean[i:j] = (backend.scores(xb).argmax(1) == yb).cpu()
         tick("clean", 0)
 
@@ -186,6 +190,7 @@ def run_audit(
         diagnostics=diagnostics,
         stage_seconds=stages,
         landscapes=tuple(landscapes),
+        batch_size=size,
     )
 
 

@@ -104,7 +104,7 @@ def loss_landscape(
     shape = (-1, *([1] * (x.ndim - 1)))
     points = x + a.reshape(shape) * d_adv + b.reshape(shape) * d_rand  # [R*R, ...]
     losses, margins = [], []
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, points.shape[0], batch_size):
             z = backend.scores(points[start : start + batch_size])
             target = label.expand(z.shape[0])

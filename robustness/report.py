@@ -33,6 +33,7 @@ def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> d
         "per_epsilon": per_eps,
         "samples": result.samples,
         "backend": result.backend.value,
+        "batch_size": result.batch_size,
         "diagnostics": {
             "gradient_masking_suspected": diag.gradient_masking_suspected,
             "zero_gradient_fraction": diag.zero_gradient_fraction,

@@ -122,6 +122,7 @@ class AuditResult:
     diagnostics: Diagnostics
     stage_seconds: dict[str, float]
     landscapes: tuple[Landscape, ...] = ()
+    batch_size: int = 0
 
 
 def spec_from_config(config: Mapping[str, Any], input_range: Sequence[float]) -> AuditSpec:

@@ -114,7 +114,7 @@ class DivergenceSearch:
     def random_probe(self, x: torch.Tensor, gen: torch.Generator, probes: int) -> torch.Tensor:
         """The largest KL that `probes` random full-budget noise vectors reach, per sample."""
         best = torch.zeros(x.shape[0], dtype=torch.float64)
-        with torch.no_grad():
+        with torch.inference_mode():
             log_p = self.log_probs(x)
             for _ in range(probes):
                 x_noise = random_corner(x, self.eps, self.norm, self.bounds, gen)

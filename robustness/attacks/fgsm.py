@@ -38,7 +38,7 @@ class FGSM:
         x_req = x.clone().requires_grad_(True)
         scores = self.backend.scores(x_req)
         (grad,) = torch.autograd.grad(F.cross_entropy(scores, y, reduction="sum"), x_req)
-        with torch.no_grad():
+        with torch.inference_mode():
             x_adv = project(
                 ascend(x, grad, self.eps, self.norm), x, self.eps, self.norm, self.bounds
             )
