@@ -6,8 +6,8 @@ for a, b in [−span·ε, span·ε], exactly as defined (no clamping to the inpu
 picture is not flattened where pixels saturate). Surfaces:
 
 - the cross-entropy loss CE(x(a, b), y);
-- the decision margin S = z_y − max over i ≠ y of z_i; S = 0 is the decision boundary and
-  the sample is misclassified where S < 0.
+- the decision margin S = z_y − max over i ≠ y of z_i; S = 0 is the decision boundary
+  (returned as polylines too) and the sample is misclassified where S < 0.
 
 The whole grid is evaluated in batched forward passes. Shapes: x [1, *input_shape];
 surfaces [resolution, resolution], indexed [a, b].
@@ -16,6 +16,7 @@ surfaces [resolution, resolution], indexed [a, b].
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -54,6 +55,16 @@ class Landscape:
         ray = (c > self.epsilon * 1e-5) & (c <= self.epsilon * (1 + 1e-5))  # float32 grid
         return bool((self.margin[ray, centre] < 0).any())
 
+    def decision_boundary(self) -> list[list[tuple[float, float]]]:
+        """The S = 0 contour as polylines of (a, b) points (marching squares, contourpy)."""
+        import contourpy
+
+        c = np.asarray(self.coords)
+        a, b = np.meshgrid(c, c, indexing="ij")
+        # The default line type ("Separate") is a list of (k, 2) point arrays.
+        lines = cast(list[np.ndarray], contourpy.contour_generator(a, b, self.margin).lines(0.0))
+        return [[(float(p[0]), float(p[1])) for p in line] for line in lines]
+
     def to_dict(self) -> dict[str, object]:
         return {
             "sample_index": self.sample_index,
@@ -65,6 +76,7 @@ class Landscape:
             "margin": self.margin.round(6).tolist(),
             "misclassified_fraction_inside_eps": self.misclassified_fraction_inside_eps,
             "crosses_boundary_within_eps": self.crosses_boundary_within_eps,
+            "decision_boundary": self.decision_boundary(),
         }
 
 

@@ -86,3 +86,17 @@ def test_to_dict_is_json_ready() -> None:
     body = landscapes(natural_cnn())[0].to_dict()
     assert json.loads(json.dumps(body))["label"] == body["label"]
     assert 0.0 <= body["misclassified_fraction_inside_eps"] <= 1.0
+
+
+def test_decision_boundary_lies_where_the_margin_changes_sign() -> None:
+    scape = next(s for s in landscapes(natural_cnn()) if s.crosses_boundary_within_eps)
+    lines = scape.decision_boundary()
+    assert lines
+    coords = np.asarray(scape.coords)
+    step = coords[1] - coords[0]
+    for a, b in lines[0]:
+        i = int(np.clip(np.searchsorted(coords, a) - 1, 0, len(coords) - 2))
+        j = int(np.clip(np.searchsorted(coords, b) - 1, 0, len(coords) - 2))
+        cell = scape.margin[i : i + 2, j : j + 2]
+        assert cell.min() <= 0 <= cell.max()  # each point sits in a cell that straddles S = 0
+        assert -2 * EPS - step <= a <= 2 * EPS + step
