@@ -9,7 +9,12 @@ import onnx
 import torch
 
 from robaudit.digits import DigitsCNN
-from robustness.batching import available_bytes, bytes_per_sample, choose_batch_size
+from robustness.batching import (
+    BACKWARD_FACTOR,
+    available_bytes,
+    bytes_per_sample,
+    choose_batch_size,
+)
 from robustness.loading import load
 
 CPU = torch.device("cpu")
@@ -18,9 +23,9 @@ CPU = torch.device("cpu")
 def test_footprint_counts_module_outputs() -> None:
     net = DigitsCNN().eval()
     per_sample = bytes_per_sample(net, torch.zeros(1, 1, 8, 8))
-    # conv16 + relu + conv32 + relu (8x8) + pool + flatten + fc64 + relu + fc10, float32, ×3
-    outputs = (16 * 64 * 2 + 32 * 64 * 2 + 32 * 16 * 2 + 64 * 2 + 10 + 64) * 4
-    assert per_sample == 3 * outputs
+    # input + conv16 + relu + conv32 + relu (8×8) + pool + flatten + fc64 + relu + fc10, float32
+    outputs = (64 + 16 * 64 * 2 + 32 * 64 * 2 + 32 * 16 * 2 + 64 * 2 + 10) * 4
+    assert per_sample == int(BACKWARD_FACTOR * outputs)
 
 
 def test_budget_limits_the_batch() -> None:
