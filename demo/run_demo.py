@@ -8,7 +8,6 @@ models and the test split over HTTP, runs one audit each, and prints them side b
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import signal
 import socket
@@ -16,12 +15,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from robaudit.client import Client
 from robaudit.digits import accuracy, load_split, to_onnx, train_cnn
 
 OUT = Path("demo-out")
@@ -66,14 +65,18 @@ def main() -> int:
     try:
         key = _wait_ready(url, OUT / "data" / "dev-api-key", proc)
         print(f"robaudit is up at {url} (log: {OUT / 'robaudit-up.log'})")
-        dataset = _upload(url, key, "/v1/datasets", "digits-test.npz", npz.getvalue(), {})
+        client = Client(url, key)
+        dataset = client.upload("/v1/datasets", "digits-test.npz", npz.getvalue(), {})
         rows = []
         for name, data in models.items():
-            model = _upload(url, key, "/v1/models", f"{name}.onnx", data, {"name": name})
+            model = client.upload("/v1/models", f"{name}.onnx", data, {"name": name})
             start = time.perf_counter()
             body = {"model_id": model["id"], "dataset_id": dataset["id"], "config": CONFIG}
-            created = _call(url, key, "POST", "/v1/audits", body)
-            audit = _wait_audit(url, key, created["links"]["self"])
+            created = client.post_json("/v1/audits", body)
+            last: list[object] = []
+            audit = client.wait(created["id"], lambda a, last=last: _print_progress(a, last), 0.5)
+            if audit["status"] != "succeeded":
+                raise SystemExit(f"audit {audit['status']}: {audit['error']}")
             rows.append((name, audit, time.perf_counter() - start))
     finally:
         proc.send_signal(signal.SIGINT)
@@ -125,54 +128,13 @@ def _wait_ready(url: str, key_file: Path, proc: subprocess.Popen[bytes]) -> str:
     raise SystemExit("robaudit up did not become ready in 120s")
 
 
-def _call(url: str, key: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url + path, data=data, method=method)  # noqa: S310
-    req.add_header("Authorization", f"Bearer {key}")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310
-        return json.loads(resp.read())
-
-
-def _upload(
-    url: str, key: str, path: str, filename: str, payload: bytes, fields: dict[str, str]
-) -> Any:
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        for k, v in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n".encode()
-        + payload
-        + b"\r\n"
-    )
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url + path, data=body, method="POST")  # noqa: S310
-    req.add_header("Authorization", f"Bearer {key}")
-    req.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
-    with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310
-        return json.loads(resp.read())
-
-
-def _wait_audit(url: str, key: str, path: str) -> Any:
-    last = None
-    while True:
-        audit = _call(url, key, "GET", path)
-        progress = audit["progress"]
-        if (progress["done"], audit["status"]) != last:
-            done = f"{progress['done']}/{progress['total']}"
-            print(
-                f"  audit {audit['id'][:8]}: {audit['status']:9s} {done} {progress['stage'] or ''}"
-            )
-            last = (progress["done"], audit["status"])
-        if audit["status"] == "succeeded":
-            return audit
-        if audit["status"] in ("failed", "cancelled"):
-            raise SystemExit(f"audit {audit['status']}: {audit['error']}")
-        time.sleep(0.5)
+def _print_progress(audit: dict[str, Any], last: list[object]) -> None:
+    progress = audit["progress"]
+    now = (progress["done"], audit["status"])
+    if now != (last[0] if last else None):
+        done = f"{progress['done']}/{progress['total']}"
+        print(f"  audit {audit['id'][:8]}: {audit['status']:9s} {done} {progress['stage'] or ''}")
+        last[:] = [now]
 
 
 if __name__ == "__main__":

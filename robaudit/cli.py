@@ -84,6 +84,38 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--plots", type=Path, help="write landscape PNGs into this folder")
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=cmd_run)
+    submit = sub.add_parser("submit", help="upload a model and data, start an audit (client)")
+    submit.add_argument("model", type=Path)
+    submit.add_argument("data", type=Path)
+    submit.add_argument("--name")
+    submit.add_argument("--version")
+    submit.add_argument("--input-range")
+    submit.add_argument("--eps", type=float, nargs="+")
+    submit.add_argument("--norm", choices=["linf", "l2"])
+    submit.add_argument("--steps", type=int)
+    submit.add_argument("--max-samples", type=int)
+    submit.add_argument(
+        "--force", action="store_true", help="run even if an identical audit exists"
+    )
+    submit.add_argument("--wait", action="store_true", help="wait, with a progress bar")
+    submit.set_defaults(handler=cmd_submit)
+
+    status = sub.add_parser("status", help="an audit's status and result (client)")
+    status.add_argument("audit_id")
+    status.set_defaults(handler=cmd_status)
+
+    report = sub.add_parser("report", help="download an audit's HTML report (client)")
+    report.add_argument("audit_id")
+    report.add_argument("--output", type=Path, help="default: report-<id>.html")
+    report.add_argument("--open", action="store_true", help="open it in a browser")
+    report.set_defaults(handler=cmd_report)
+
+    gate = sub.add_parser("gate", help="exit 1 if an audit regresses against a baseline (client)")
+    gate.add_argument("audit_id")
+    gate.add_argument("--baseline", required=True)
+    gate.add_argument("--max-increase", default="10%", help="relative divergence rise, e.g. 10%%")
+    gate.add_argument("--junit", type=Path, help="also write a JUnit XML report here")
+    gate.set_defaults(handler=cmd_gate)
     return p
 
 
@@ -317,3 +349,123 @@ def _pct(value: float | None) -> str:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _client_call(fn: Any) -> int:
+    from robaudit.client import ApiError
+
+    try:
+        code: int = fn()
+    except ApiError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(str(exc))
+    return code
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from robaudit.client import Client
+
+    def run() -> int:
+        client = Client.from_env()
+        fields = {"name": args.name, "version": args.version, "input_range": args.input_range}
+        model = client.upload("/v1/models", args.model.name, args.model.read_bytes(), fields)
+        dataset = client.upload("/v1/datasets", args.data.name, args.data.read_bytes(), {})
+        config = {
+            k: v
+            for k, v in {
+                "epsilons": args.eps,
+                "norm": args.norm,
+                "steps": args.steps,
+                "max_samples": args.max_samples,
+            }.items()
+            if v is not None
+        }
+        body = {"model_id": model["id"], "dataset_id": dataset["id"], "config": config}
+        created = client.post_json("/v1/audits", {**body, "force": args.force})
+        print(created["id"], flush=True)
+        if not args.wait:
+            return 0
+        audit = client.wait(created["id"], _progress_bar)
+        print(file=sys.stderr)
+        print(json.dumps(audit, indent=2))
+        return 0 if audit["status"] == "succeeded" else 1
+
+    return _client_call(run)
+
+
+def _progress_bar(audit: dict[str, Any]) -> None:
+    done, total = audit["progress"]["done"], max(audit["progress"]["total"], 1)
+    filled = int(30 * done / total)
+    bar = "#" * filled + "-" * (30 - filled)
+    stage = audit["progress"]["stage"] or audit["status"]
+    print(f"\r[{bar}] {done}/{total} {stage:<20s}", end="", file=sys.stderr, flush=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from robaudit.client import Client
+
+    def run() -> int:
+        print(json.dumps(Client.from_env().get(f"/v1/audits/{args.audit_id}"), indent=2))
+        return 0
+
+    return _client_call(run)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from robaudit.client import Client
+
+    def run() -> int:
+        page, _ = Client.from_env().request("GET", f"/v1/audits/{args.audit_id}/report")
+        out = args.output or Path(f"report-{args.audit_id}.html")
+        out.write_bytes(page)
+        print(out)
+        if args.open:
+            import webbrowser
+
+            webbrowser.open(out.resolve().as_uri())
+        return 0
+
+    return _client_call(run)
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    """0: no regression; 1: regressed; 2: cannot judge (incomparable, not finished, bad input)."""
+    from robaudit.client import Client
+    from robustness.compare import parse_increase
+
+    def run() -> int:
+        limit = parse_increase(args.max_increase)
+        query = f"/v1/compare?audits={args.baseline},{args.audit_id}&max_increase={limit}"
+        verdict = Client.from_env().get(query)["verdicts"][0]
+        print(json.dumps(verdict, indent=2))
+        if args.junit:
+            args.junit.write_text(_junit(verdict, args.baseline))
+        if verdict["verdict"] == "incomparable":
+            return _fail(f"cannot compare: {verdict['reason']}")
+        return 1 if verdict["regressed"] else 0
+
+    try:
+        return _client_call(run)
+    except ValueError as exc:
+        return _fail(str(exc))
+
+
+def _junit(verdict: dict[str, Any], baseline: str) -> str:
+    from xml.sax.saxutils import escape, quoteattr
+
+    cases = []
+    for item in verdict["per_epsilon"]:
+        name = quoteattr(f"divergence at eps={item['epsilon']:g} vs {baseline}")
+        body = ""
+        if item["verdict"] == "regressed":
+            message = quoteattr(f"relative change {item['relative_change']:+.1%}")
+            body = f"<failure message={message}>{escape(json.dumps(item))}</failure>"
+        cases.append(f'  <testcase classname="robaudit.gate" name={name}>{body}</testcase>')
+    failures = sum(item["verdict"] == "regressed" for item in verdict["per_epsilon"])
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<testsuite name="robaudit-gate" tests="{len(cases)}" failures="{failures}">\n'
+        + "\n".join(cases)
+        + "\n</testsuite>\n"
+    )

@@ -7,7 +7,7 @@ from typing import Any
 from flask_openapi3 import Info, OpenAPI
 
 from service import errors
-from service.api import audits, datasets, models, ops
+from service.api import audits, compare, datasets, models, ops
 from service.config import Settings
 from service.db import db
 from service.queue import make_celery
@@ -40,6 +40,6 @@ def create_app(config: dict[str, Any] | None = None) -> OpenAPI:
     app.extensions["robaudit.celery"] = make_celery(settings, name="robaudit-api")
     errors.register(app)
     app.register_blueprint(ops.bp)
-    for module in (models, datasets, audits):
+    for module in (models, datasets, audits, compare):
         app.register_api(module.bp)
     return app

@@ -13,7 +13,7 @@ from robustness.onnx_graph import inspect, load_model_bytes
 from service.config import Settings
 from service.errors import NotFound, Problem, Unprocessable
 from service.pagination import paginate
-from service.persistence.models import Dataset, Model
+from service.persistence.models import Dataset, Model, utcnow
 from service.storage import ArtifactStore, StoredArtifact, TooLarge
 
 PENDING = "pending: a worker checks conversion and parity"
@@ -70,7 +70,9 @@ def create_model(
         select(Model).where(Model.tenant_id == tenant_id, Model.sha256 == stored.sha256)
     )
     if existing is not None:
-        return existing, False
+        created = existing.deleted_at is not None  # uploading deleted bytes restores the model
+        existing.deleted_at = None
+        return existing, created
     info = inspect(load_model_bytes(stored.path.read_bytes()), output)
     names = parse_class_names(class_names)
     if names is not None and info.num_classes is not None and len(names) != info.num_classes:
@@ -114,7 +116,9 @@ def create_dataset(
         select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.sha256 == stored.sha256)
     )
     if existing is not None:
-        return existing, False
+        created = existing.deleted_at is not None
+        existing.deleted_at = None
+        return existing, created
     x, y = load_npz(stored.path, max_member_bytes=settings.max_npz_member_bytes)
     facts = check_arrays(x, y)
     row = Dataset(
@@ -134,23 +138,37 @@ def create_dataset(
 
 
 def get_model(*, session: Session, tenant_id: str, model_id: str) -> Model:
+    """A live model of this tenant, else 404 (another tenant's and deleted ones included)."""
     row = session.get(Model, model_id)
-    if row is None or row.tenant_id != tenant_id:
+    if row is None or row.tenant_id != tenant_id or row.deleted_at is not None:
         raise NotFound("model", model_id)
     return row
 
 
 def get_dataset(*, session: Session, tenant_id: str, dataset_id: str) -> Dataset:
+    """A live dataset of this tenant, else 404."""
     row = session.get(Dataset, dataset_id)
-    if row is None or row.tenant_id != tenant_id:
+    if row is None or row.tenant_id != tenant_id or row.deleted_at is not None:
         raise NotFound("dataset", dataset_id)
     return row
+
+
+def delete_model(*, session: Session, tenant_id: str, model_id: str) -> None:
+    """Hide a model from lists and new audits; audits that used it stay readable."""
+    get_model(session=session, tenant_id=tenant_id, model_id=model_id).deleted_at = utcnow()
+    session.flush()
+
+
+def delete_dataset(*, session: Session, tenant_id: str, dataset_id: str) -> None:
+    """Hide a dataset from lists and new audits; audits that used it stay readable."""
+    get_dataset(session=session, tenant_id=tenant_id, dataset_id=dataset_id).deleted_at = utcnow()
+    session.flush()
 
 
 def list_models(
     *, session: Session, tenant_id: str, limit: int, cursor: str | None, name: str | None
 ) -> tuple[list[Model], str | None]:
-    stmt = select(Model).where(Model.tenant_id == tenant_id)
+    stmt = select(Model).where(Model.tenant_id == tenant_id, Model.deleted_at.is_(None))
     if name:
         stmt = stmt.where(Model.name == name)
     return paginate(session, stmt, Model, limit=limit, cursor=cursor)
@@ -159,7 +177,7 @@ def list_models(
 def list_datasets(
     *, session: Session, tenant_id: str, limit: int, cursor: str | None
 ) -> tuple[list[Dataset], str | None]:
-    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id)
+    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
     return paginate(session, stmt, Dataset, limit=limit, cursor=cursor)
 
 

@@ -87,6 +87,11 @@ class AuditListQuery(ListQuery):
     created_before: datetime | None = None
 
 
+class CompareQuery(BaseModel):
+    audits: str = Field(description="Comma-separated audit ids; the first is the baseline")
+    max_increase: float = Field(0.10, ge=0, description="Relative divergence rise that regresses")
+
+
 class ModelPath(BaseModel):
     model_id: str
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, current_app, send_file, url_for
 
-from service import audits
+from service import audits, reports
 from service.api.common import blueprint, json_response, store
 from service.auth import tenant_id
 from service.db import db
@@ -101,3 +101,17 @@ def get_landscape_png(path: LandscapePath) -> Response:
         session=db.session, tenant_id=tenant_id(), audit_id=path.audit_id, k=path.k
     )
     return send_file(store().path(landscape["png_sha256"]), mimetype="image/png", max_age=3600)
+
+
+@bp.get("/<audit_id>/report.json", responses={200: None})
+def get_report_json(path: AuditPath) -> Response:
+    """The report's data: the audit with its model, dataset and cost estimate."""
+    data = reports.report_data(session=db.session, tenant_id=tenant_id(), audit_id=path.audit_id)
+    return json_response(data)
+
+
+@bp.get("/<audit_id>/report", responses={200: None})
+def get_report(path: AuditPath) -> Response:
+    """A self-contained HTML report with the landscape pictures inlined."""
+    data = reports.report_data(session=db.session, tenant_id=tenant_id(), audit_id=path.audit_id)
+    return Response(reports.report_html(data, store()), mimetype="text/html")

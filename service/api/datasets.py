@@ -44,3 +44,12 @@ def get_dataset(path: DatasetPath) -> Response:
     """One dataset."""
     row = catalog.get_dataset(session=db.session, tenant_id=tenant_id(), dataset_id=path.dataset_id)
     return json_response(catalog.dataset_json(row))
+
+
+@bp.delete("/<dataset_id>", responses={204: None})
+def delete_dataset(path: DatasetPath) -> Response:
+    """Delete: gone from lists and new audits; past audits and their reports stay readable."""
+    session = db.session
+    catalog.delete_dataset(session=session, tenant_id=tenant_id(), dataset_id=path.dataset_id)
+    session.commit()
+    return Response(status=204)

@@ -55,3 +55,12 @@ def get_model(path: ModelPath) -> Response:
     """One model, with its intake report and backend status."""
     row = catalog.get_model(session=db.session, tenant_id=tenant_id(), model_id=path.model_id)
     return json_response(catalog.model_json(row))
+
+
+@bp.delete("/<model_id>", responses={204: None})
+def delete_model(path: ModelPath) -> Response:
+    """Delete: gone from lists and new audits; past audits and their reports stay readable."""
+    session = db.session
+    catalog.delete_model(session=session, tenant_id=tenant_id(), model_id=path.model_id)
+    session.commit()
+    return Response(status=204)

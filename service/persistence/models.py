@@ -122,6 +122,7 @@ class Model(Base):
     intake: Mapped[dict[str, Any]]
     backends: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
 
 
 class Dataset(Base):
@@ -142,6 +143,7 @@ class Dataset(Base):
     num_classes: Mapped[int] = mapped_column(Integer)
     value_range: Mapped[list[Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
 
 
 class Audit(Base):

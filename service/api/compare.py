@@ -1,0 +1,30 @@
+"""/v1/compare and /metrics"""
+
+from __future__ import annotations
+
+from flask import Response
+
+from service import reports
+from service.api.common import blueprint, json_response
+from service.auth import tenant_id
+from service.db import db
+from service.schemas import CompareQuery
+
+bp = blueprint("compare", "")
+
+
+@bp.get("/v1/compare", responses={200: None})
+def compare_audits(query: CompareQuery) -> Response:
+    """Audits side by side, with each one's verdict against the first (the baseline)."""
+    ids = [i.strip() for i in query.audits.split(",") if i.strip()]
+    body = reports.compare_audits(
+        session=db.session, tenant_id=tenant_id(), audit_ids=ids, max_increase=query.max_increase
+    )
+    return json_response(body)
+
+
+@bp.get("/metrics", responses={200: None})
+def metrics() -> Response:
+    """Prometheus text format: this tenant's audits by status, models, datasets."""
+    text = reports.metrics_text(session=db.session, tenant_id=tenant_id())
+    return Response(text, mimetype="text/plain; version=0.0.4")
