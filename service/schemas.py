@@ -189,6 +189,7 @@ class AuditCreated(BaseModel):
     status: str
     links: dict[str, str]
     estimate: CostOut
+    dispatched: bool
 
 
 class ModelPage(BaseModel):

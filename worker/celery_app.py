@@ -4,4 +4,4 @@ from service.config import Settings
 from service.queue import make_celery
 
 app = make_celery(Settings.from_env(), name="robaudit-worker")
-app.conf.include = ["worker.tasks"]
+app.conf.include = ["worker.tasks", "worker.sweeper"]

@@ -8,7 +8,7 @@ from service import audits, reports
 from service.api.common import blueprint, json_response, store
 from service.auth import tenant_id
 from service.db import db
-from service.queue import RUN_AUDIT
+from service.dispatch import send_audit
 from service.schemas import (
     AuditCreate,
     AuditCreated,
@@ -37,8 +37,9 @@ def create_audit(body: AuditCreate, header: IdempotencyHeader) -> Response:
         idempotency_key=header.idempotency_key,
     )
     session.commit()
+    dispatched = row.dispatched_at is not None or row.status != "queued"
     if created:
-        current_app.extensions["robaudit.celery"].send_task(RUN_AUDIT, args=[row.id])
+        dispatched = send_audit(current_app.extensions["robaudit.celery"], session, row.id)
     links = {
         "self": url_for("audits.get_audit", audit_id=row.id),
         "report": url_for("audits.get_audit", audit_id=row.id) + "/report",
@@ -48,6 +49,8 @@ def create_audit(body: AuditCreate, header: IdempotencyHeader) -> Response:
         "status": row.status,
         "links": links,
         "estimate": audits.estimate(row),
+        # False: the broker was unreachable; the audit is kept and a worker will send it.
+        "dispatched": dispatched,
     }
     return json_response(created_body, 202 if created else 200)
 

@@ -33,7 +33,10 @@ def upload_model(form: ModelForm) -> Response:
     )
     session.commit()
     if created:
-        current_app.extensions["robaudit.celery"].send_task(INSPECT_MODEL, args=[row.id])
+        try:
+            current_app.extensions["robaudit.celery"].send_task(INSPECT_MODEL, args=[row.id])
+        except Exception:  # best effort: every audit checks conversion and parity again
+            current_app.logger.warning("model %s: inspection not sent (broker down)", row.id)
     return json_response(catalog.model_json(row), 201 if created else 200)
 
 

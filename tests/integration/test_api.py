@@ -214,6 +214,7 @@ def test_create_and_read_an_audit(
     assert resp.status_code == 202, resp.get_json()
     created = resp.get_json()
     assert created["status"] == "queued"
+    assert created["dispatched"] is True
     assert created["links"]["self"] == f"/v1/audits/{created['id']}"
     # 1 ε: clean 1 + metric (21 fwd + 1 reference + 8 probes) + FGSM 2 + PGD 21 = 54 forwards
     assert created["estimate"]["forward_passes_per_sample"] == 54
