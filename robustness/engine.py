@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,8 +52,12 @@ def run_audit(
     parity_max_abs_diff: float | None = None,
     progress: ProgressFn | None = None,
     cancelled: CancelFn | None = None,
+    sample_offset: int = 0,
 ) -> AuditResult:
-    """ψ for each ε plus the conventional accuracies; deterministic for a seed on CPU."""
+    """ψ for each ε plus the conventional accuracies; deterministic for a seed on CPU.
+
+    `sample_offset` is the index of x[0] in the whole audit when this call is one shard.
+    """
     check_inputs(x, y, spec)
     n = min(len(x), spec.max_samples)
     xt = torch.from_numpy(np.ascontiguousarray(x[:n], dtype=np.float32))
@@ -60,6 +65,8 @@ def run_audit(
     size = choose_batch_size(
         getattr(backend, "module", None), xt[:1], requested=spec.batch_size, device=device
     )
+    if sample_offset % size:
+        size = math.gcd(size, sample_offset)  # keep batch boundaries on the unsharded grid
     batches = [(i, min(i + size, n)) for i in range(0, n, size)]
     bounds = spec.input_range
     stages = dict.fromkeys(("divergence", "random_probe", "clean", "fgsm", "pgd", "landscape"), 0.0)
@@ -107,9 +114,11 @@ def run_audit(
             normalization=spec.logit_normalization,
             bounds=bounds,
         )
-        for b, (i, j) in enumerate(batches):
+        for i, j in batches:
+            # Seeded by the global index of the batch's first sample, so a shard of samples
+            # [offset, offset+n) reproduces the same batches of an unsharded run.
             gen = torch.Generator(device=device).manual_seed(
-                spec.seed * 1_000_003 + e_index * 7919 + b
+                spec.seed * 1_000_003 + e_index * 7919 + sample_offset + i
             )
             xb, yb = xt[i:j].to(device), yt[i:j].to(device)
             with timed("divergence"):

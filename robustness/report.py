@@ -45,3 +45,65 @@ def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> d
         "landscapes": [landscape.to_dict() for landscape in result.landscapes],
     }
     return body
+
+
+def merge_results(parts: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
+    """One `result` from the results of consecutive shards (in sample order).
+
+    Per-sample divergences are concatenated and summarised again; accuracies and gradient
+    fractions are weighted by shard size; landscapes come from the shards that drew them.
+    """
+    import numpy as np
+
+    from robustness.stats import summarize
+
+    if not parts:
+        raise ValueError("no shard results to merge")
+    sizes = [p["samples"] for p in parts]
+    total = sum(sizes)
+
+    def weighted(values: list[float | None]) -> float | None:
+        if any(v is None for v in values):
+            return None
+        return sum(v * n for v, n in zip(values, sizes, strict=True)) / total
+
+    per_eps = []
+    for k, first in enumerate(parts[0]["per_epsilon"]):
+        column = [p["per_epsilon"][k] for p in parts]
+        psi = np.concatenate([np.asarray(c["per_sample"], dtype=np.float64) for c in column])
+        d = summarize(psi, seed=seed)
+        per_eps.append(
+            {
+                "epsilon": first["epsilon"],
+                "divergence": {
+                    "mean": d.mean,
+                    "median": d.median,
+                    "p90": d.p90,
+                    "max": d.max,
+                    "ci95": list(d.ci95),
+                },
+                "clean_accuracy": weighted([c["clean_accuracy"] for c in column]),
+                "fgsm_accuracy": weighted([c["fgsm_accuracy"] for c in column]),
+                "pgd_accuracy": weighted([c["pgd_accuracy"] for c in column]),
+                "per_sample": psi.tolist(),
+            }
+        )
+    diags = [p["diagnostics"] for p in parts]
+    parities = [d["parity_max_abs_diff"] for d in diags if d["parity_max_abs_diff"] is not None]
+    return {
+        "per_epsilon": per_eps,
+        "samples": total,
+        "backend": parts[0]["backend"],
+        "batch_size": max(p.get("batch_size", 0) for p in parts),
+        "diagnostics": {
+            "gradient_masking_suspected": any(d["gradient_masking_suspected"] for d in diags),
+            "zero_gradient_fraction": weighted([d["zero_gradient_fraction"] for d in diags]),
+            "nonfinite_gradient_fraction": weighted(
+                [d["nonfinite_gradient_fraction"] for d in diags]
+            ),
+            "random_search_wins": sum(d["random_search_wins"] for d in diags),
+            "parity_max_abs_diff": max(parities) if parities else None,
+            "evidence": [e for d in diags for e in d.get("evidence", [])][:10],
+        },
+        "landscapes": [ls for p in parts for ls in p.get("landscapes", [])],
+    }

@@ -22,6 +22,7 @@ ENV_VARS = (
     "ROBAUDIT_AUDIT_TIME_LIMIT_S",
     "ROBAUDIT_DEVICE",
     "ROBAUDIT_SWEEP_INTERVAL_S",
+    "ROBAUDIT_SHARD_SIZE",
     "ROBAUDIT_URL",
     "ROBAUDIT_API_KEY",
 )
@@ -40,6 +41,7 @@ class Settings:
     max_dataset_bytes: int = 1024 * MiB
     max_npz_member_bytes: int = 4096 * MiB
     audit_time_limit_s: int = 6 * 3600
+    shard_size: int = 512
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -53,7 +55,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """ROBAUDIT_DATA_DIR, DATABASE_URL, REDIS_URL, ROBAUDIT_REDIS_PREFIX, ROBAUDIT_QUEUE,
-        ROBAUDIT_MAX_MODEL_MB, ROBAUDIT_MAX_DATASET_MB, ROBAUDIT_AUDIT_TIME_LIMIT_S."""
+        ROBAUDIT_MAX_MODEL_MB, ROBAUDIT_MAX_DATASET_MB, ROBAUDIT_AUDIT_TIME_LIMIT_S,
+        ROBAUDIT_SHARD_SIZE."""
         env = os.environ if env is None else env
         data_dir = Path(env.get("ROBAUDIT_DATA_DIR", ".robaudit")).resolve()
         return cls(
@@ -65,6 +68,7 @@ class Settings:
             max_model_bytes=int(env.get("ROBAUDIT_MAX_MODEL_MB", "1024")) * MiB,
             max_dataset_bytes=int(env.get("ROBAUDIT_MAX_DATASET_MB", "1024")) * MiB,
             audit_time_limit_s=int(env.get("ROBAUDIT_AUDIT_TIME_LIMIT_S", str(6 * 3600))),
+            shard_size=int(env.get("ROBAUDIT_SHARD_SIZE", "512")),
         )
 
     def with_overrides(self, **overrides: Any) -> Settings:

@@ -14,6 +14,7 @@ from celery import Celery
 from service.config import Settings
 
 RUN_AUDIT = "robaudit.run_audit"
+RUN_SHARD = "robaudit.run_shard"
 INSPECT_MODEL = "robaudit.inspect_model"
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.persistence.models import Audit, AuditStatus, utcnow
+from service.persistence.models import Audit, AuditShard, AuditStatus, utcnow
 
 STALE_AFTER = timedelta(minutes=10)
 
@@ -42,19 +42,40 @@ def take_lease(session: Session, audit_id: str, worker: str) -> bool:
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def report_progress(session: Session, audit_id: str, done: int, total: int, stage: str) -> bool:
-    """Store progress and a heartbeat; answers whether a cancel was requested.
+def report_shard_progress(
+    session: Session, audit_id: str, shard_id: str, done: int, stage: str
+) -> bool:
+    """Store a shard's progress, the audit's total and a heartbeat; True means stop now.
 
-    Ends with a commit so that no transaction stays open while the engine computes.
+    Stops on a cancel request, and when the audit is no longer running (another shard
+    failed it). Ends with a commit so that no transaction stays open while the engine runs.
     """
-    cancel = session.scalar(select(Audit.cancel_requested).where(Audit.id == audit_id))
+    cancel, status = session.execute(
+        select(Audit.cancel_requested, Audit.status).where(Audit.id == audit_id)
+    ).one()
+    session.execute(update(AuditShard).where(AuditShard.id == shard_id).values(done=done))
+    total = (
+        select(func.coalesce(func.sum(AuditShard.done), 0))
+        .where(AuditShard.audit_id == audit_id)
+        .scalar_subquery()
+    )
     session.execute(
         update(Audit)
         .where(Audit.id == audit_id)
-        .values(progress_done=done, progress_total=total, stage=stage, heartbeat_at=utcnow())
+        .values(progress_done=total, stage=stage, heartbeat_at=utcnow())
     )
     session.commit()
-    return bool(cancel)
+    return bool(cancel) or status != AuditStatus.RUNNING.value
+
+
+def release_lease(session: Session, audit_id: str) -> None:
+    """running → queued and undispatched, so a sweeper sends it again (its shards were not sent)."""
+    session.execute(
+        update(Audit)
+        .where(Audit.id == audit_id, Audit.status == AuditStatus.RUNNING.value)
+        .values(status=AuditStatus.QUEUED.value, dispatched_at=None, worker=None, stage=None)
+    )
+    session.commit()
 
 
 def finish(

@@ -166,6 +166,8 @@ class Audit(Base):
     stage: Mapped[str | None] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    shards_total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    shards_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     backend: Mapped[str | None] = mapped_column(String(16))
     worker: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
@@ -179,3 +181,20 @@ class Audit(Base):
 
     model: Mapped[Model] = relationship()
     dataset: Mapped[Dataset] = relationship()
+
+
+class AuditShard(Base):
+    """A range of an audit's samples, run by any worker; the last one to finish aggregates."""
+
+    __tablename__ = "audit_shards"
+    __table_args__ = (UniqueConstraint("audit_id", "position"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    audit_id: Mapped[str] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    start: Mapped[int] = mapped_column(Integer)
+    stop: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None]
+    finished_at: Mapped[datetime | None]

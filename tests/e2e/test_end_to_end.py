@@ -117,6 +117,7 @@ def production(tmp_path: Path) -> Iterator[Running]:
         REDIS_URL=redis_url,
         ROBAUDIT_REDIS_PREFIX=prefix,
         ROBAUDIT_QUEUE=f"robaudit-{uuid.uuid4().hex[:8]}",
+        ROBAUDIT_SHARD_SIZE="16",  # 48 samples: three shard tasks, the last one aggregates
     )
     procs: list[subprocess.Popen[str]] = []
     try:
@@ -152,6 +153,8 @@ def production(tmp_path: Path) -> Iterator[Running]:
 def test_redis_postgres_mode_end_to_end(production: Running) -> None:
     out = audit_over_http(production)
     assert_result(out["audit"])
+    assert out["audit"]["result"]["manifest"]["shards"] == 3
+    assert len(out["audit"]["result"]["per_epsilon"][0]["per_sample"]) == 48
     assert out["model"]["backends"]["torch"]["ok"] is True  # the inspect task ran too
     ready = requests.get(f"{production.url}/readyz", timeout=10).json()
     assert ready["checks"] == {"database": "ok", "broker": "ok"}

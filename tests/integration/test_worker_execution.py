@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from flask.testing import FlaskClient
 from sqlalchemy import update
@@ -42,23 +43,28 @@ def queue_audit(client: FlaskClient, auth: dict[str, str], model: bytes, config:
     return str(resp.get_json()["id"])
 
 
-def run(db_session: Session, settings: Settings, audit_id: str) -> Audit:
+def run(db_session: Session, settings: Settings, audit_id: str, shard_size: int = 512) -> Audit:
+    """What the run_audit and run_shard tasks do, in-process and in order."""
     assert take_lease(db_session, audit_id, "test-worker")
     assert not take_lease(db_session, audit_id, "second-worker")  # the lease is exclusive
-    outcome = execution.execute_audit(
-        session=db_session,
-        store=ArtifactStore(settings.artifact_dir),
-        settings=settings,
-        audit_id=audit_id,
-    )
-    finish(
-        db_session,
-        audit_id,
-        outcome.status,
-        result=outcome.result,
-        error=outcome.error,
-        backend=outcome.backend,
-    )
+    store = ArtifactStore(settings.artifact_dir)
+    for position in execution.plan_shards(db_session, audit_id, shard_size):
+        outcome = execution.execute_shard(
+            session=db_session, store=store, settings=settings, audit_id=audit_id, position=position
+        )
+        if outcome.kind in ("failed", "cancelled"):
+            finish(db_session, audit_id, AuditStatus(outcome.kind), error=outcome.error)
+        elif outcome.result is not None and execution.complete_shard(
+            db_session, audit_id, position, outcome.result
+        ):
+            result = execution.aggregate(db_session, audit_id)
+            finish(
+                db_session,
+                audit_id,
+                AuditStatus.SUCCEEDED,
+                result=result,
+                backend=result["backend"],
+            )
     audit = db_session.get(Audit, audit_id)
     assert audit is not None
     db_session.refresh(audit)
@@ -95,6 +101,19 @@ def test_audit_runs_and_stores_the_contract_result(
     assert (
         served["result"]["per_epsilon"][0]["divergence"] == result["per_epsilon"][0]["divergence"]
     )
+    assert len(result["landscapes"]) == 4
+    grid = client.get(f"/v1/audits/{audit_id}/landscape/0", headers=auth).get_json()
+    assert len(grid["loss"]) == len(grid["margin"]) == len(grid["coords"]) == 21
+    assert grid["coords"][0] == pytest.approx(-0.2)
+    assert grid["coords"][-1] == pytest.approx(0.2)
+    png = client.get(f"/v1/audits/{audit_id}/landscape/0.png", headers=auth)
+    assert png.status_code == 200
+    assert png.mimetype == "image/png"
+    assert png.data.startswith(b"\x89PNG")
+    png.close()  # send_file's open file; a WSGI server closes it, the test client does not
+    assert client.get(f"/v1/audits/{audit_id}/landscape/4", headers=auth).status_code == 404
+    report = client.get(f"/v1/audits/{audit_id}/report", headers=auth).get_data(as_text=True)
+    assert report.count("data:image/png;base64,") == 4
 
 
 def test_onnxruntime_backend_on_request(
@@ -126,15 +145,17 @@ def test_cancel_requested_while_running_stops_at_a_batch_boundary(
 ) -> None:
     audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), SMALL)
     assert take_lease(db_session, audit_id, "test-worker")
+    [position] = execution.plan_shards(db_session, audit_id, 512)
     db_session.execute(update(Audit).where(Audit.id == audit_id).values(cancel_requested=True))
     db_session.commit()
-    outcome = execution.execute_audit(
+    outcome = execution.execute_shard(
         session=db_session,
         store=ArtifactStore(settings.artifact_dir),
         settings=settings,
         audit_id=audit_id,
+        position=position,
     )
-    assert outcome.status is AuditStatus.CANCELLED
+    assert outcome.kind == "cancelled"
 
 
 def test_inspect_model_fills_backend_status(
@@ -149,3 +170,37 @@ def test_inspect_model_fills_backend_status(
     assert model.backends["torch"]["ok"] is True
     assert model.backends["torch"]["parity_max_abs_diff"] < 1e-4
     assert model.backends["onnxruntime"]["ok"] is True
+
+
+def test_sharded_audit_aggregates_once(
+    client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
+) -> None:
+    audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), SMALL)
+    audit = run(db_session, settings, audit_id, shard_size=16)
+    assert audit.status == "succeeded", audit.error
+    assert (audit.shards_total, audit.shards_done) == (3, 3)
+    assert audit.progress_done == audit.progress_total == 40 * 2
+    result = audit.result
+    assert result is not None
+    assert result["samples"] == 40
+    assert result["manifest"]["shards"] == 3
+    assert len(result["per_epsilon"][0]["per_sample"]) == 40
+    assert len(result["landscapes"]) == 4  # drawn by the first shard only
+    # a redelivered shard is neither run nor counted again
+    store = ArtifactStore(settings.artifact_dir)
+    again = execution.execute_shard(
+        session=db_session, store=store, settings=settings, audit_id=audit_id, position=1
+    )
+    assert again.kind == "skipped"
+    assert not execution.complete_shard(db_session, audit_id, 1, {"samples": 0})
+
+
+def test_a_failed_audit_stops_its_other_shards(
+    client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
+) -> None:
+    audit_id = queue_audit(client, auth, to_onnx(NaNScores()), SMALL)
+    audit = run(db_session, settings, audit_id, shard_size=16)
+    assert audit.status == "failed"
+    assert audit.error is not None
+    assert "NaN or inf" in audit.error
+    assert audit.shards_done == 0  # shards 1 and 2 saw a failed audit and skipped

@@ -194,3 +194,34 @@ def test_random_direction_estimates_approach_autograd_with_more_queries(
         ratios.append(mean_psi(run_audit(nes, x, y, spec, device=torch.device("cpu"))) / exact)
     assert ratios[0] < ratios[1]
     assert 0.8 <= ratios[1] <= 1.02
+
+
+def test_shards_merged_equal_one_unsharded_run(data: tuple[np.ndarray, np.ndarray]) -> None:
+    """Batches seeded by their global first index: shards reproduce the unsharded numbers."""
+    from robustness.engine import run_audit
+    from robustness.report import merge_results, result_to_dict
+    from robustness.spec import AuditSpec
+
+    x, y = data[0][:48], data[1][:48]
+    backend = load_cpu(to_onnx(natural_cnn()), x).backend
+    spec = AuditSpec(epsilons=(EPS, 2 * EPS), batch_size=8, landscape_samples=0)
+    whole = result_to_dict(run_audit(backend, x, y, spec, device=torch.device("cpu")))
+    parts = [
+        result_to_dict(
+            run_audit(
+                backend,
+                x[i : i + 16],
+                y[i : i + 16],
+                spec,
+                device=torch.device("cpu"),
+                sample_offset=i,
+            )
+        )
+        for i in range(0, 48, 16)
+    ]
+    merged = merge_results(parts)
+    for a, b in zip(whole["per_epsilon"], merged["per_epsilon"], strict=True):
+        assert a["per_sample"] == b["per_sample"]
+        assert a["divergence"] == b["divergence"]
+        assert a["pgd_accuracy"] == pytest.approx(b["pgd_accuracy"])
+        assert a["clean_accuracy"] == pytest.approx(b["clean_accuracy"])
