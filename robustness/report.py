@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from robustness.spec import AuditResult
+from robustness.spec import AuditResult, DivergenceSummary
+
+
+def divergence_dict(d: DivergenceSummary) -> dict[str, Any]:
+    return {"mean": d.mean, "median": d.median, "p90": d.p90, "max": d.max, "ci95": list(d.ci95)}
 
 
 def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> dict[str, Any]:
     """The audit `result` object: per_epsilon, samples, diagnostics (manifest added by callers)."""
     per_eps = []
     for r in result.per_epsilon:
-        d = r.divergence
         item: dict[str, Any] = {
             "epsilon": r.epsilon,
-            "divergence": {
-                "mean": d.mean,
-                "median": d.median,
-                "p90": d.p90,
-                "max": d.max,
-                "ci95": list(d.ci95),
-            },
+            "divergence": divergence_dict(r.divergence),
             "clean_accuracy": r.clean_accuracy,
             "fgsm_accuracy": r.fgsm_accuracy,
             "pgd_accuracy": r.pgd_accuracy,
@@ -71,17 +68,10 @@ def merge_results(parts: list[dict[str, Any]], *, seed: int = 0) -> dict[str, An
     for k, first in enumerate(parts[0]["per_epsilon"]):
         column = [p["per_epsilon"][k] for p in parts]
         psi = np.concatenate([np.asarray(c["per_sample"], dtype=np.float64) for c in column])
-        d = summarize(psi, seed=seed)
         per_eps.append(
             {
                 "epsilon": first["epsilon"],
-                "divergence": {
-                    "mean": d.mean,
-                    "median": d.median,
-                    "p90": d.p90,
-                    "max": d.max,
-                    "ci95": list(d.ci95),
-                },
+                "divergence": divergence_dict(summarize(psi, seed=seed)),
                 "clean_accuracy": weighted([c["clean_accuracy"] for c in column]),
                 "fgsm_accuracy": weighted([c["fgsm_accuracy"] for c in column]),
                 "pgd_accuracy": weighted([c["pgd_accuracy"] for c in column]),

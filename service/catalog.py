@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,6 +24,23 @@ def _store(store: ArtifactStore, stream: IO[bytes], limit: int) -> StoredArtifac
         return store.save_stream(stream, max_bytes=limit)
     except TooLarge as exc:
         raise Problem(413, "Content Too Large", str(exc)) from exc
+
+
+Row = TypeVar("Row", Model, Dataset)
+
+
+def _restore_same_bytes(
+    session: Session, entity: type[Row], tenant_id: str, sha256: str
+) -> tuple[Row, bool] | None:
+    """The tenant's row for these bytes, if any: (row, created). Deleted rows come back."""
+    row = session.scalar(
+        select(entity).where(entity.tenant_id == tenant_id, entity.sha256 == sha256)
+    )
+    if row is None:
+        return None
+    created = row.deleted_at is not None  # uploading deleted bytes restores the object
+    row.deleted_at = None
+    return row, created
 
 
 def parse_range(value: str | list[float] | None) -> list[float]:
@@ -66,13 +83,9 @@ def create_model(
 ) -> tuple[Model, bool]:
     """Store and inspect an ONNX model; (row, created). Same bytes again → the existing row."""
     stored = _store(store, stream, settings.max_model_bytes)
-    existing = session.scalar(
-        select(Model).where(Model.tenant_id == tenant_id, Model.sha256 == stored.sha256)
-    )
+    existing = _restore_same_bytes(session, Model, tenant_id, stored.sha256)
     if existing is not None:
-        created = existing.deleted_at is not None  # uploading deleted bytes restores the model
-        existing.deleted_at = None
-        return existing, created
+        return existing
     info = inspect(load_model_bytes(stored.path.read_bytes()), output)
     names = parse_class_names(class_names)
     if names is not None and info.num_classes is not None and len(names) != info.num_classes:
@@ -112,13 +125,9 @@ def create_dataset(
 ) -> tuple[Dataset, bool]:
     """Store and check an .npz dataset; (row, created). Same bytes again → the existing row."""
     stored = _store(store, stream, settings.max_dataset_bytes)
-    existing = session.scalar(
-        select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.sha256 == stored.sha256)
-    )
+    existing = _restore_same_bytes(session, Dataset, tenant_id, stored.sha256)
     if existing is not None:
-        created = existing.deleted_at is not None
-        existing.deleted_at = None
-        return existing, created
+        return existing
     x, y = load_npz(stored.path, max_member_bytes=settings.max_npz_member_bytes)
     facts = check_arrays(x, y)
     row = Dataset(

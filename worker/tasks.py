@@ -20,19 +20,18 @@ log = logging.getLogger(__name__)
 TIME_LIMIT = int(os.environ.get("ROBAUDIT_AUDIT_TIME_LIMIT_S", str(6 * 3600)))
 RETRYABLE = (OperationalError,)  # the database blinked; the broker's own redelivery covers the rest
 OUTCOME_STATUS = {"failed": AuditStatus.FAILED, "cancelled": AuditStatus.CANCELLED}
+# Warehouse-style options shared by every task; each task adds its own explicit time limits.
+COMMON = {
+    "base": RobauditTask,
+    "bind": True,
+    "acks_late": True,
+    "autoretry_for": RETRYABLE,
+    "retry_backoff": True,
+    "max_retries": 5,
+}
 
 
-@app.task(
-    base=RobauditTask,
-    bind=True,
-    name=RUN_AUDIT,
-    acks_late=True,
-    time_limit=600,
-    soft_time_limit=540,
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    max_retries=5,
-)
+@app.task(name=RUN_AUDIT, time_limit=600, soft_time_limit=540, **COMMON)
 def run_audit(self: RobauditTask, audit_id: str) -> str:
     """Lease the audit, split it into shards and send one task per shard."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -50,17 +49,7 @@ def run_audit(self: RobauditTask, audit_id: str) -> str:
     return f"{len(positions)} shard(s)"
 
 
-@app.task(
-    base=RobauditTask,
-    bind=True,
-    name=RUN_SHARD,
-    acks_late=True,
-    time_limit=TIME_LIMIT,
-    soft_time_limit=max(TIME_LIMIT - 60, 30),
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    max_retries=5,
-)
+@app.task(name=RUN_SHARD, time_limit=TIME_LIMIT, soft_time_limit=max(TIME_LIMIT - 60, 30), **COMMON)
 def run_shard(self: RobauditTask, audit_id: str, position: int) -> str:
     """Run one shard; the shard that completes the count aggregates and finishes the audit."""
     with self.session() as session:
@@ -83,17 +72,7 @@ def run_shard(self: RobauditTask, audit_id: str, position: int) -> str:
         return outcome.kind
 
 
-@app.task(
-    base=RobauditTask,
-    bind=True,
-    name=INSPECT_MODEL,
-    acks_late=True,
-    time_limit=1800,
-    soft_time_limit=1740,
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    max_retries=5,
-)
+@app.task(name=INSPECT_MODEL, time_limit=1800, soft_time_limit=1740, **COMMON)
 def inspect_model(self: RobauditTask, model_id: str) -> str:
     """Convert the model and check parity on inputs drawn from its range; store the status."""
     with self.session() as session:

@@ -7,12 +7,16 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
+
+from tests import services
 
 pytestmark = pytest.mark.e2e
 ROBAUDIT = [sys.executable, "-m", "robaudit"]
@@ -96,3 +100,30 @@ def embedded(tmp_path: Path) -> Iterator[Running]:
         raise
     finally:
         stop([proc])
+
+
+@contextmanager
+def production_stack(tmp_path: Path, redis_url: str, **extra_env: str) -> Iterator[Running]:
+    """A fresh PostgreSQL database with migrations, an API key, gunicorn and one worker."""
+    db_url = services.create_pg_database()
+    env = base_env(tmp_path / "data")
+    env.update(
+        DATABASE_URL=db_url, REDIS_URL=redis_url, ROBAUDIT_QUEUE=f"robaudit-{uuid.uuid4().hex[:8]}"
+    )
+    env.update(extra_env)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        subprocess.run([*ROBAUDIT, "db", "upgrade"], env=env, check=True, capture_output=True)
+        argv = [*ROBAUDIT, "keys", "create", "--tenant", "ci"]
+        key = subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout
+        port = services.free_port()
+        logs = [tmp_path / "api.log", tmp_path / "worker.log"]
+        serve = [*ROBAUDIT, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+        procs.append(spawn(serve, env, logs[0]))
+        procs.append(spawn([*ROBAUDIT, "worker"], env, logs[1]))
+        running = Running(f"http://127.0.0.1:{port}", key.strip(), procs, logs)
+        wait_http(running.url, procs)
+        yield running
+    finally:
+        stop(procs)
+        services.drop_pg_database(db_url)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 import requests
 
 from tests import services
-from tests.e2e.conftest import ROBAUDIT, Running, base_env, spawn, stop, wait_http
+from tests.e2e.conftest import Running, production_stack
 from tests.factories.models import cnn_onnx, digits_split, natural_cnn
 
 
@@ -60,39 +59,11 @@ def outage_setup(tmp_path: Path) -> Iterator[tuple[Running, OwnRedis]]:
         services.unavailable("redis-server binary not installed")
     broker = OwnRedis(tmp_path)
     broker.start()
-    db_url = services.create_pg_database()
-    env = base_env(tmp_path / "data")
-    env.update(
-        DATABASE_URL=db_url,
-        REDIS_URL=broker.url,
-        ROBAUDIT_QUEUE=f"outage-{uuid.uuid4().hex[:6]}",
-        ROBAUDIT_SWEEP_INTERVAL_S="1",
-    )
-    procs: list[subprocess.Popen[str]] = []
     try:
-        subprocess.run([*ROBAUDIT, "db", "upgrade"], env=env, check=True, capture_output=True)
-        key = subprocess.run(
-            [*ROBAUDIT, "keys", "create", "--tenant", "ops"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        port = services.free_port()
-        logs = [tmp_path / "api.log", tmp_path / "worker.log"]
-        procs.append(
-            spawn(
-                [*ROBAUDIT, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"], env, logs[0]
-            )
-        )
-        procs.append(spawn([*ROBAUDIT, "worker"], env, logs[1]))
-        running = Running(f"http://127.0.0.1:{port}", key, procs, logs)
-        wait_http(running.url, procs)
-        yield running, broker
+        with production_stack(tmp_path, broker.url, ROBAUDIT_SWEEP_INTERVAL_S="1") as running:
+            yield running, broker
     finally:
-        stop(procs)
         broker.kill()
-        services.drop_pg_database(db_url)
 
 
 def test_audit_submitted_while_the_broker_is_down_runs_when_it_returns(

@@ -14,7 +14,15 @@ import pytest
 import requests
 
 from tests import services
-from tests.e2e.conftest import ROBAUDIT, Running, base_env, spawn, stop, wait_http
+from tests.e2e.conftest import (
+    ROBAUDIT,
+    Running,
+    base_env,
+    production_stack,
+    spawn,
+    stop,
+    wait_http,
+)
 from tests.factories.models import cnn_onnx, digits_split, natural_cnn
 
 CONFIG = {"epsilons": [0.1], "steps": 5, "max_samples": 48}
@@ -108,43 +116,17 @@ def test_embedded_mode_stops_its_children(tmp_path: Path) -> None:
 @pytest.fixture
 def production(tmp_path: Path) -> Iterator[Running]:
     """gunicorn + a Celery worker, on a fresh PostgreSQL database and Redis with a key prefix."""
-    redis_url = services.require_redis()
-    db_url = services.create_pg_database()
-    prefix = f"robaudit-test-{uuid.uuid4().hex[:8]}:"
-    env = base_env(tmp_path / "data")
-    env.update(
-        DATABASE_URL=db_url,
-        REDIS_URL=redis_url,
-        ROBAUDIT_REDIS_PREFIX=prefix,
-        ROBAUDIT_QUEUE=f"robaudit-{uuid.uuid4().hex[:8]}",
-        ROBAUDIT_SHARD_SIZE="16",  # 48 samples: three shard tasks, the last one aggregates
-    )
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        subprocess.run([*ROBAUDIT, "db", "upgrade"], env=env, check=True, capture_output=True)
-        key = subprocess.run(
-            [*ROBAUDIT, "keys", "create", "--tenant", "ci"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        port = services.free_port()
-        logs = [tmp_path / "api.log", tmp_path / "worker.log"]
-        procs.append(
-            spawn(
-                [*ROBAUDIT, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"], env, logs[0]
-            )
-        )
-        procs.append(spawn([*ROBAUDIT, "worker"], env, logs[1]))
-        running = Running(f"http://127.0.0.1:{port}", key, procs, logs)
-        wait_http(running.url, procs)
-        yield running
-    finally:
-        stop(procs)
-        services.drop_pg_database(db_url)
-        import redis
+    import redis
 
+    redis_url = services.require_redis()
+    prefix = f"robaudit-test-{uuid.uuid4().hex[:8]}:"
+    try:
+        # 48 samples in shards of 16: three shard tasks, the last one aggregates
+        with production_stack(
+            tmp_path, redis_url, ROBAUDIT_REDIS_PREFIX=prefix, ROBAUDIT_SHARD_SIZE="16"
+        ) as running:
+            yield running
+    finally:
         client = redis.Redis.from_url(redis_url)
         for k in client.scan_iter(match=f"{prefix}*"):
             client.delete(k)
