@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -65,9 +65,7 @@ def run_audit(
     size = choose_batch_size(
         getattr(backend, "module", None), xt[:1], requested=spec.batch_size, device=device
     )
-    if sample_offset % size:
-        size = math.gcd(size, sample_offset)  # keep batch boundaries on the unsharded grid
-    batches = [(i, min(i + size, n)) for i in range(0, n, size)]
+    batches = _batch_grid(sample_offset, n, size)
     bounds = spec.input_range
     stages = dict.fromkeys(("divergence", "random_probe", "clean", "fgsm", "pgd", "landscape"), 0.0)
     total = n * len(spec.epsilons)  # progress counts samples done, per ε
@@ -133,7 +131,8 @@ def run_audit(
             for index in (wins.nonzero().flatten()[:3] + i).tolist():
                 evidence.append(
                     f"ε={eps:g}: random noise reached KL {float(probe[index - i]):.4g} on sample "
-                    f"{index}, the gradient search only {float(outcome.psi[index - i]):.4g}"
+                    f"{sample_offset + index}, the gradient search only "
+                    f"{float(outcome.psi[index - i]):.4g}"
                 )
             if Baseline.FGSM in spec.baselines:
                 with timed("fgsm"):
@@ -173,7 +172,7 @@ def run_audit(
                     gen=gen,
                     span=spec.landscape_span,
                     resolution=spec.landscape_resolution,
-                    sample_index=k,
+                    sample_index=sample_offset + k,
                 )
             )
     zero_frac, nonfinite_frac = _mean(zero), _mean(nonfinite)
@@ -201,6 +200,16 @@ def run_audit(
         landscapes=tuple(landscapes),
         batch_size=size,
     )
+
+
+def _batch_grid(offset: int, n: int, size: int) -> list[tuple[int, int]]:
+    """Batches of samples [offset, offset+n) cut at the global multiples of `size`.
+
+    A shard that starts on the grid gets exactly the batches (and, seeded by their global
+    start, the random streams) of an unsharded run; one that does not gets one short batch.
+    """
+    edges = [0, *(g - offset for g in range((offset // size + 1) * size, offset + n, size)), n]
+    return list(pairwise(edges))
 
 
 def _mean(mask: torch.Tensor) -> float:

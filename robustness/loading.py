@@ -70,8 +70,9 @@ def load(
     `probe` holds real inputs (the audit's own samples) for the parity check.
     """
     model = load_model_bytes(data)
-    _check_probe_shape(inspect(model, output), probe)
-    model, info, notes = _lowered(model, output, probe)
+    info = inspect(model, output)
+    _check_probe_shape(info, probe)
+    model, info, notes = _lowered(model, info, output, probe)
     log_probs = info.kind == "probabilities" and not info.softmax_stripped
 
     def session(graph: onnx.ModelProto) -> tuple[OrtBackend, np.ndarray]:
@@ -111,10 +112,9 @@ def load(
 
 
 def _lowered(
-    model: onnx.ModelProto, output: str | None, probe: np.ndarray
+    model: onnx.ModelProto, info: ModelInfo, output: str | None, probe: np.ndarray
 ) -> tuple[onnx.ModelProto, ModelInfo, list[str]]:
     """Lower ai.onnx.ml ops when onnxruntime shows the lowered graph computes the same scores."""
-    info = inspect(model, output)
     lowered = lower_ml_ops(model)
     if lowered is model:
         return model, info, []

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from robustness.cost import estimate_cost
@@ -80,8 +81,19 @@ def create_audit(
         progress_total=min(dataset.n, config.max_samples) * len(config.epsilons),
         idempotency_key=idempotency_key,
     )
-    session.add(audit)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(audit)
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the insert: replay it.
+        replay = session.scalar(
+            select(Audit).where(
+                Audit.tenant_id == tenant_id, Audit.idempotency_key == idempotency_key
+            )
+        )
+        if replay is None:
+            raise
+        return replay, False
     return audit, True
 
 

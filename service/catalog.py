@@ -6,6 +6,7 @@ import json
 from typing import IO, Any, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from robustness.datasets import check_arrays, load_npz
@@ -41,6 +42,22 @@ def _restore_same_bytes(
     created = row.deleted_at is not None  # uploading deleted bytes restores the object
     row.deleted_at = None
     return row, created
+
+
+def _insert_or_existing(session: Session, row: Row) -> tuple[Row, bool]:
+    """Insert: (row, True); if a concurrent upload of the same bytes won, (its row, False)."""
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        entity = type(row)
+        winner = session.scalar(
+            select(entity).where(entity.tenant_id == row.tenant_id, entity.sha256 == row.sha256)
+        )
+        if winner is None:
+            raise
+        return winner, False
+    return row, True
 
 
 def parse_range(value: str | list[float] | None) -> list[float]:
@@ -108,9 +125,7 @@ def create_model(
             "onnxruntime": {"ok": None, "reason": PENDING},
         },
     )
-    session.add(row)
-    session.flush()
-    return row, True
+    return _insert_or_existing(session, row)
 
 
 def create_dataset(
@@ -141,9 +156,7 @@ def create_dataset(
         num_classes=facts.num_classes,
         value_range=facts.value_range,
     )
-    session.add(row)
-    session.flush()
-    return row, True
+    return _insert_or_existing(session, row)
 
 
 def get_model(*, session: Session, tenant_id: str, model_id: str) -> Model:

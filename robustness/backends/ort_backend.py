@@ -22,6 +22,8 @@ import torch
 from robustness.backends.base import to_scores
 from robustness.spec import BackendKind
 
+MAX_PERTURBED = 1 << 26
+
 
 class OrtBackend:
     """Scores from an onnxruntime session; the backward pass is a finite-difference estimate."""
@@ -84,21 +86,33 @@ class OrtBackend:
         flat = x.detach().cpu().reshape(n, -1).float()
         d = flat.shape[1]
         g = grad_scores.detach().cpu().float()
-        if d <= self.coordinate_limit:
+        coordinate = d <= self.coordinate_limit
+        k = d if coordinate else self.directions
+        # Perturbed copies are n·k·d floats each way: bound them (2^26 floats = 256 MiB).
+        chunk = max(1, MAX_PERTURBED // (k * d))
+        grads = [
+            self._vjp_chunk(flat[i : i + chunk], g[i : i + chunk], x.shape[1:], coordinate)
+            for i in range(0, n, chunk)
+        ]
+        return torch.cat(grads).reshape(x.shape).to(x.device, x.dtype)
+
+    def _vjp_chunk(
+        self, flat: torch.Tensor, g: torch.Tensor, shape: torch.Size, coordinate: bool
+    ) -> torch.Tensor:
+        n, d = flat.shape
+        if coordinate:
             dirs = torch.eye(d).unsqueeze(0).expand(n, d, d)
         else:
             dirs = torch.randn(n, self.directions, d, generator=self._generator)
         h = self.fd_step
         k = dirs.shape[1]
-        plus = (flat.unsqueeze(1) + h * dirs).reshape(n * k, *x.shape[1:])
-        minus = (flat.unsqueeze(1) - h * dirs).reshape(n * k, *x.shape[1:])
+        plus = (flat.unsqueeze(1) + h * dirs).reshape(n * k, *shape)
+        minus = (flat.unsqueeze(1) - h * dirs).reshape(n * k, *shape)
         both = self._scores_np(torch.cat([plus, minus]).numpy())
         f_plus, f_minus = both[: n * k].reshape(n, k, -1), both[n * k :].reshape(n, k, -1)
         slope = ((f_plus - f_minus) * g.unsqueeze(1)).sum(-1) / (2 * h)  # [n, k]
         grad = (slope.unsqueeze(-1) * dirs).sum(1)
-        if d > self.coordinate_limit:
-            grad = grad / k
-        return grad.reshape(x.shape).to(x.device, x.dtype)
+        return grad if coordinate else grad / k
 
     def _scores_np(self, x: np.ndarray) -> torch.Tensor:
         raw = torch.from_numpy(self.run(x))

@@ -121,3 +121,28 @@ def test_report_html_and_metrics(
     assert 'robaudit_audits{status="succeeded"} 1' in metrics
     assert "robaudit_models 1" in metrics
     assert client.get("/metrics").status_code == 401
+
+
+def test_losing_an_upload_race_answers_the_winner(
+    client: FlaskClient, auth: dict[str, str], db_session: Session, ids: tuple[str, str]
+) -> None:
+    """Two uploads of the same bytes at once: the unique constraint picks one, no 500."""
+    from service.catalog import _insert_or_existing
+    from service.persistence.models import Dataset
+
+    winner = db_session.get(Dataset, ids[1])
+    assert winner is not None
+    loser = Dataset(
+        tenant_id=winner.tenant_id,
+        name="same bytes",
+        sha256=winner.sha256,
+        size_bytes=winner.size_bytes,
+        n=winner.n,
+        shape=winner.shape,
+        dtype=winner.dtype,
+        num_classes=winner.num_classes,
+        value_range=winner.value_range,
+    )
+    row, created = _insert_or_existing(db_session, loser)
+    assert (row.id, created) == (winner.id, False)
+    db_session.commit()  # the session is still usable: the failed insert was a savepoint
