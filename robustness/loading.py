@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -36,18 +36,47 @@ class BackendStatus:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to audit: the chosen backend and what was learned choosing it."""
+    """A model ready to audit: the chosen backend and what was learned choosing it.
+
+    `reference` is the onnxruntime session every parity check compares against; keeping it
+    lets a cached model be checked again on each new audit's own inputs (`recheck`).
+    """
 
     info: ModelInfo
     backend: ScoreBackend
     statuses: dict[BackendKind, BackendStatus]
+    reference: OrtBackend
     notes: tuple[str, ...] = ()
 
     @property
     def parity_max_abs_diff(self) -> float | None:
         return self.statuses[BackendKind.TORCH].parity_max_abs_diff
+
+    def recheck(self, probe: np.ndarray, *, seed: int = 0) -> LoadedModel:
+        """The same conversion, with shape, NaN and parity checked on these inputs."""
+        _check_probe_shape(self.info, probe)
+        self.reference.reseed(seed)
+        reference = self.reference.raw_outputs(torch.from_numpy(probe)).cpu().numpy()
+        _check_scores(reference, self.info)
+        if self.backend.kind is not BackendKind.TORCH:
+            return self
+        got = self.backend.raw_outputs(torch.from_numpy(probe)).cpu().numpy()
+        diff, rel = parity(got, reference)
+        statuses = dict(self.statuses)
+        if not rel <= PARITY_RTOL:
+            statuses[BackendKind.TORCH] = BackendStatus(
+                ok=False,
+                parity_max_abs_diff=diff,
+                parity_relative=rel,
+                reason=f"parity failed on these inputs: relative max |Δ| {rel:.2e}",
+            )
+            return replace(self, backend=self.reference, statuses=statuses)
+        statuses[BackendKind.TORCH] = BackendStatus(
+            ok=True, parity_max_abs_diff=diff, parity_relative=rel
+        )
+        return replace(self, statuses=statuses)
 
 
 def default_device() -> torch.device:
@@ -108,7 +137,9 @@ def load(
             "use backend 'auto' or 'onnxruntime'"
         )
     chosen: ScoreBackend = torch_backend if torch_backend is not None else ort_backend
-    return LoadedModel(info=info, backend=chosen, statuses=statuses, notes=tuple(notes))
+    return LoadedModel(
+        info=info, backend=chosen, statuses=statuses, reference=ort_backend, notes=tuple(notes)
+    )
 
 
 def _lowered(

@@ -30,6 +30,7 @@ from service.persistence.models import Audit, AuditShard, AuditStatus, Model, ut
 from service.storage import ArtifactStore
 from worker import render
 from worker.leases import report_shard_progress
+from worker.model_cache import MODELS
 
 log = logging.getLogger(__name__)
 PROBE_SAMPLES = 32
@@ -107,8 +108,9 @@ def execute_shard(
             spec = replace(spec, landscape_samples=0)  # the first shard draws the surfaces
         x, y = load_npz(store.path(dataset.sha256), max_member_bytes=settings.max_npz_member_bytes)
         x, y = x[start:stop].astype(np.float32), y[start:stop].astype(np.int64)
-        loaded = loading.load(
-            store.read_bytes(model.sha256),
+        loaded = MODELS.get(
+            model.sha256,
+            lambda: store.read_bytes(model.sha256),
             x[:PROBE_SAMPLES],
             output=model.requested_output,
             backend=BackendKind(audit.config["backend"]),

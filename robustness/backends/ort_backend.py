@@ -63,6 +63,10 @@ class OrtBackend:
         self.input_name = self.session.get_inputs()[0].name
         self.batched = self._accepts_batches()
 
+    def reseed(self, seed: int) -> None:
+        """Restart the random-direction stream (a cached session serves many audits)."""
+        self._generator.manual_seed(seed)
+
     def raw_outputs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.run(x.detach().cpu().numpy())).to(self.device)
 

@@ -175,10 +175,14 @@ def test_inspect_model_fills_backend_status(
 def test_sharded_audit_aggregates_once(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:
+    from worker.model_cache import MODELS
+
     audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), SMALL)
+    misses = MODELS.misses
     audit = run(db_session, settings, audit_id, shard_size=16)
     assert audit.status == "succeeded", audit.error
     assert (audit.shards_total, audit.shards_done) == (3, 3)
+    assert MODELS.misses - misses <= 1  # one conversion (none if cached), shared by the shards
     assert audit.progress_done == audit.progress_total == 40 * 2
     result = audit.result
     assert result is not None
