@@ -21,6 +21,8 @@ from service.queue import RUN_AUDIT
 log = logging.getLogger(__name__)
 NEVER_SENT_GRACE = timedelta(seconds=5)  # the API sends right after commit; give it a moment
 RESEND_AFTER = timedelta(hours=1)  # a sent message that nobody took (e.g. broker lost it)
+# A running audit heartbeats after every batch; this long without one, its workers are gone.
+STALE_RUNNING = timedelta(minutes=30)
 
 
 def send_audit(celery: Celery, session: Session, audit_id: str) -> bool:
@@ -37,11 +39,38 @@ def send_audit(celery: Celery, session: Session, audit_id: str) -> bool:
     return True
 
 
+def recover_abandoned(session: Session) -> None:
+    """Running audits whose workers stopped heartbeating: queue them again, or finish a cancel."""
+    now = utcnow()
+    abandoned = and_(
+        Audit.status == AuditStatus.RUNNING.value, Audit.heartbeat_at < now - STALE_RUNNING
+    )
+    session.execute(
+        update(Audit)
+        .where(abandoned, Audit.cancel_requested.is_(True))
+        .values(status=AuditStatus.CANCELLED.value, finished_at=now, stage="cancelled")
+    )
+    session.execute(
+        update(Audit)
+        .where(abandoned)
+        .values(status=AuditStatus.QUEUED.value, dispatched_at=None, stage="requeued: no heartbeat")
+    )
+    session.commit()
+
+
 def resend_stale(celery: Celery, session: Session) -> list[str]:
-    """Re-send queued audits never sent, or sent long ago and still not taken; claim each first."""
+    """Re-send queued audits never sent, or sent long ago and still not taken; claim each first.
+
+    Abandoned running audits are queued again first, so their pending shards are re-sent.
+    """
+    recover_abandoned(session)
     now = utcnow()
     stale = or_(
-        and_(Audit.dispatched_at.is_(None), Audit.created_at < now - NEVER_SENT_GRACE),
+        # never sent: after the API's grace, or at once if a worker had leased it before
+        and_(
+            Audit.dispatched_at.is_(None),
+            or_(Audit.created_at < now - NEVER_SENT_GRACE, Audit.started_at.is_not(None)),
+        ),
         Audit.dispatched_at < now - RESEND_AFTER,
     )
     candidates = session.scalars(

@@ -146,3 +146,45 @@ def test_losing_an_upload_race_answers_the_winner(
     row, created = _insert_or_existing(db_session, loser)
     assert (row.id, created) == (winner.id, False)
     db_session.commit()  # the session is still usable: the failed insert was a savepoint
+
+
+def test_sweeper_recovers_abandoned_and_unsent_audits(
+    client: FlaskClient, auth: dict[str, str], db_session: Session, ids: tuple[str, str], settings
+) -> None:
+    """A worker died mid-audit (no heartbeat for an hour); another audit's send was lost."""
+    from datetime import timedelta
+
+    from service.dispatch import resend_stale
+    from service.persistence.models import utcnow
+    from service.queue import make_celery
+    from worker.leases import take_lease
+
+    def audit(seed: int) -> str:
+        body = {"model_id": ids[0], "dataset_id": ids[1], "config": {"seed": seed}}
+        return str(client.post("/v1/audits", json=body, headers=auth).get_json()["id"])
+
+    hour_ago = utcnow() - timedelta(hours=1)
+    abandoned, abandoned_cancel, unsent, fresh = audit(0), audit(1), audit(2), audit(3)
+    for leased in (abandoned, abandoned_cancel):
+        assert take_lease(db_session, leased, "a-worker-that-dies")
+    db_session.execute(
+        update(Audit)
+        .where(Audit.id.in_([abandoned, abandoned_cancel]))
+        .values(heartbeat_at=hour_ago)
+    )
+    db_session.execute(
+        update(Audit).where(Audit.id == abandoned_cancel).values(cancel_requested=True)
+    )
+    db_session.execute(
+        update(Audit).where(Audit.id == unsent).values(dispatched_at=None, created_at=hour_ago)
+    )
+    db_session.commit()
+    sent = resend_stale(make_celery(settings), db_session)
+    assert set(sent) == {abandoned, unsent}  # `fresh` was sent moments ago: left alone
+    states = {a: db_session.get(Audit, a) for a in (abandoned, abandoned_cancel, unsent, fresh)}
+    for row in states.values():
+        db_session.refresh(row)
+    assert states[abandoned].status == "queued"
+    assert states[abandoned].dispatched_at is not None
+    assert states[abandoned_cancel].status == "cancelled"
+    assert resend_stale(make_celery(settings), db_session) == []  # claimed: not sent twice
