@@ -247,24 +247,20 @@ def _wait_healthy(url: str, children: list[subprocess.Popen[bytes]], timeout: fl
 
 def cmd_check(args: argparse.Namespace) -> int:
     """The same input/output/backends object as POST /v1/models, computed offline."""
-    import numpy as np
-
     from robustness import loading
     from robustness.errors import AuditInputError
+    from robustness.onnx_graph import inspect, load_model_bytes
 
     try:
         data = args.model.read_bytes()
-        lo, hi = _range(args.input_range)
-        from robustness.onnx_graph import inspect, load_model_bytes
-
         info = inspect(load_model_bytes(data), args.output)
         shape = [d if isinstance(d, int) else 1 for d in info.input_shape[1:]]
-        probe = np.random.default_rng(0).uniform(lo, hi, size=(4, *shape)).astype(np.float32)
+        probe = loading.uniform_probe(shape, _range(args.input_range))
         loaded = loading.load(data, probe, output=args.output, device=loading.default_device())
     except (OSError, ValueError, AuditInputError) as exc:
         return _fail(str(exc))
     body = info.to_dict()
-    body["backends"] = {k.value: v.to_dict() for k, v in loaded.statuses.items()}
+    body["backends"] = loaded.statuses_dict()
     body["backend"] = loaded.backend.kind.value
     if args.json:
         print(json.dumps(body, indent=2))

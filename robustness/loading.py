@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -54,6 +54,10 @@ class LoadedModel:
     def parity_max_abs_diff(self) -> float | None:
         return self.statuses[BackendKind.TORCH].parity_max_abs_diff
 
+    def statuses_dict(self) -> dict[str, dict[str, object]]:
+        """The `backends` object of the API: {torch: {...}, onnxruntime: {...}}."""
+        return {kind.value: status.to_dict() for kind, status in self.statuses.items()}
+
     def recheck(self, probe: np.ndarray, *, seed: int = 0) -> LoadedModel:
         """The same conversion, with shape, NaN and parity checked on these inputs."""
         _check_probe_shape(self.info, probe)
@@ -77,6 +81,14 @@ class LoadedModel:
             ok=True, parity_max_abs_diff=diff, parity_relative=rel
         )
         return replace(self, statuses=statuses)
+
+
+def uniform_probe(
+    sample_shape: Sequence[int], input_range: Sequence[float], n: int = 4
+) -> np.ndarray:
+    """Seeded inputs drawn from the input range, for parity checks before real data exists."""
+    lo, hi = input_range
+    return np.random.default_rng(0).uniform(lo, hi, size=(n, *sample_shape)).astype(np.float32)
 
 
 def default_device() -> torch.device:

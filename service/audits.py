@@ -138,7 +138,7 @@ def cancel_audit(*, session: Session, tenant_id: str, audit_id: str) -> Audit:
     session.execute(
         update(Audit)
         .where(Audit.id == audit.id, Audit.status == AuditStatus.QUEUED.value)
-        .values(status=AuditStatus.CANCELLED.value, finished_at=utcnow(), cancel_requested=True)
+        .values(status=AuditStatus.CANCELLED.value, finished_at=utcnow())
     )
     session.execute(update(Audit).where(Audit.id == audit.id).values(cancel_requested=True))
     session.flush()

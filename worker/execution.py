@@ -150,7 +150,7 @@ def execute_shard(
     body["stage_seconds"] = result.stage_seconds
     body["manifest_part"] = {
         "device": str(dev),
-        "backends": {k.value: v.to_dict() for k, v in loaded.statuses.items()},
+        "backends": loaded.statuses_dict(),
         "notes": list(loaded.notes),
     }
     return ShardOutcome("done", result=body)
@@ -224,14 +224,12 @@ def inspect_model(*, session: Session, store: ArtifactStore, model_id: str) -> N
         }
         session.commit()
         return
-    lo, hi = model.input_range
-    rng = np.random.default_rng(0)
-    probe = rng.uniform(lo, hi, size=(4, *shape)).astype(np.float32)
+    probe = loading.uniform_probe(shape, model.input_range)
     try:
         loaded = loading.load(
             store.read_bytes(model.sha256), probe, output=model.requested_output, device=device()
         )
-        model.backends = {k.value: v.to_dict() for k, v in loaded.statuses.items()}
+        model.backends = loaded.statuses_dict()
     except AuditInputError as exc:
         model.backends = {
             "torch": {"ok": False, "reason": str(exc)},
