@@ -10,7 +10,8 @@ from itertools import pairwise
 import numpy as np
 import torch
 
-from robustness.attacks.divergence import DivergenceSearch
+from robustness import degeneracy
+from robustness.attacks.divergence import DivergenceSearch, normalized_log_probs
 from robustness.attacks.fgsm import FGSM
 from robustness.attacks.pgd import PGD
 from robustness.backends.base import ScoreBackend
@@ -86,10 +87,14 @@ def run_audit(
         stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - start
 
     clean = torch.zeros(n, dtype=torch.bool)
+    data_log_probs = []
     for i, j in batches:
         xb, yb = xt[i:j].to(device), yt[i:j].to(device)
         with torch.inference_mode(), timed("clean"):
-            clean[i:j] = (backend.scores(xb).argmax(1) == yb).cpu()
+            scores = backend.scores(xb)
+            clean[i:j] = (scores.argmax(1) == yb).cpu()
+            lp = normalized_log_probs(scores, spec.logit_normalization)
+            data_log_probs.append(lp.double().cpu().numpy())
         tick("clean", 0)
 
     per_eps: list[EpsilonResult] = []
@@ -182,6 +187,21 @@ def run_audit(
         )
     if nonfinite_frac > 0:
         evidence.insert(0, f"{nonfinite_frac:.0%} of samples had NaN or inf input gradients")
+    with timed("clean"):
+        noise_gen = torch.Generator(device=device).manual_seed(
+            spec.seed * 1_000_003 + sample_offset
+        )
+        degenerate = degeneracy.detect(
+            np.concatenate(data_log_probs),
+            degeneracy.noise_log_probs(
+                backend,
+                xt[: degeneracy.NOISE_SAMPLES].to(device),
+                bounds=bounds,
+                normalization=spec.logit_normalization,
+                gen=noise_gen,
+            ),
+            dead_gradient_fraction=_mean(zero) + _mean(nonfinite),
+        )
     diagnostics = Diagnostics(
         gradient_masking_suspected=bool(zero_frac > 0.05 or nonfinite_frac > 0 or random_wins > 0),
         zero_gradient_fraction=zero_frac,
@@ -189,6 +209,7 @@ def run_audit(
         random_search_wins=random_wins,
         parity_max_abs_diff=parity_max_abs_diff,
         evidence=tuple(evidence[:10]),
+        degenerate=degenerate,
     )
     return AuditResult(
         per_epsilon=tuple(per_eps),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from robustness import degeneracy
 from robustness.spec import AuditResult, DivergenceSummary
+
+DEAD_GRADIENT_KEYS = ("zero_gradient_fraction", "nonfinite_gradient_fraction")
 
 
 def divergence_dict(d: DivergenceSummary) -> dict[str, Any]:
@@ -38,7 +41,9 @@ def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> d
             "random_search_wins": diag.random_search_wins,
             "parity_max_abs_diff": diag.parity_max_abs_diff,
             "evidence": list(diag.evidence),
+            "degenerate": diag.degenerate.to_dict() if diag.degenerate else None,
         },
+        "verdict": degeneracy.verdict(diag.degenerate).value,
         "landscapes": [landscape.to_dict() for landscape in result.landscapes],
     }
     return body
@@ -80,6 +85,9 @@ def merge_results(parts: list[dict[str, Any]], *, seed: int = 0) -> dict[str, An
         )
     diags = [p["diagnostics"] for p in parts]
     parities = [d["parity_max_abs_diff"] for d in diags if d["parity_max_abs_diff"] is not None]
+    # An all-zero and a non-finite gradient never coincide, so the fractions add up.
+    dead = sum(weighted([d[k] for d in diags]) or 0.0 for k in DEAD_GRADIENT_KEYS)
+    degenerate = degeneracy.merged([d.get("degenerate") for d in diags], dead)
     return {
         "per_epsilon": per_eps,
         "samples": total,
@@ -94,6 +102,8 @@ def merge_results(parts: list[dict[str, Any]], *, seed: int = 0) -> dict[str, An
             "random_search_wins": sum(d["random_search_wins"] for d in diags),
             "parity_max_abs_diff": max(parities) if parities else None,
             "evidence": [e for d in diags for e in d.get("evidence", [])][:10],
+            "degenerate": degenerate.to_dict() if degenerate else None,
         },
+        "verdict": degeneracy.verdict(degenerate).value,
         "landscapes": [ls for p in parts for ls in p.get("landscapes", [])],
     }

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from robustness.degeneracy import Degeneracy
     from robustness.landscape import Landscape
 
 
@@ -109,6 +110,7 @@ class Diagnostics:
     random_search_wins: int
     parity_max_abs_diff: float | None
     evidence: tuple[str, ...] = ()
+    degenerate: Degeneracy | None = None  # set: ψ says nothing about robustness
 
 
 @dataclass(frozen=True)

@@ -133,8 +133,10 @@ def report_html(data: dict[str, Any], store: ArtifactStore) -> str:
         f"{cfg['restarts']} restart(s), logit normalization {e(cfg['logit_normalization'])}, "
         f"backend {e(str(audit.get('backend')))}."
     )
-    warn = "warn" if diag.get("gradient_masking_suspected") else ""
+    warn = "warn" if diag.get("gradient_masking_suspected") or diag.get("degenerate") else ""
     masking = (
+        f"Verdict: {e(str(result.get('verdict', 'measured')))}. "
+        f"{e((diag.get('degenerate') or {}).get('reason', ''))} "
         f"Gradient masking suspected: {diag.get('gradient_masking_suspected')}. "
         f"Converter parity max |Δ|: {diag.get('parity_max_abs_diff')}."
     )
