@@ -14,10 +14,11 @@ from robustness.backends.ort_backend import OrtBackend
 from robustness.backends.torch_backend import TorchBackend, parity
 from robustness.errors import AuditInputError, ModelRejected
 from robustness.onnx_graph import ModelInfo, inspect, load_model_bytes, scores_graph
-from robustness.onnx_lowering import lower_ml_ops
+from robustness.onnx_lowering import batchnorm_inference_mode, lower_ml_ops
 from robustness.spec import BackendKind
 
 PARITY_RTOL = 1e-4
+BATCH_CHECK_SAMPLES = 2  # samples scored one at a time against the batch at intake
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,10 @@ def load(
             if ort_backend.batched
             else "fixed batch of 1 kept: samples run one at a time"
         )
+    graph, ort_backend, reference, note = _batch_independent(
+        model, info, graph, ort_backend, reference, session, probe
+    )
+    notes.append(note)
     torch_backend: TorchBackend | None = None
     if backend is BackendKind.ONNXRUNTIME:
         statuses[BackendKind.TORCH] = BackendStatus(ok=False, reason="not requested")
@@ -200,6 +205,65 @@ def _rebatched(
     ):
         return candidate, backend
     return fixed, fixed_backend
+
+
+def batch_dependence(backend: OrtBackend, probe: np.ndarray) -> float:
+    """Relative max |Δ| between the probe's first samples scored as one batch and one at a time.
+
+    A probe of one sample is batched with its mirror image (still in range), so the batch
+    always holds distinct samples.
+    """
+    first = np.ascontiguousarray(probe[:BATCH_CHECK_SAMPLES], dtype=np.float32)
+    batch = first if len(first) > 1 else np.concatenate([first, first[..., ::-1]])
+    together = backend.session.run(None, {backend.input_name: batch})[0][: len(first)]
+    alone = np.concatenate(
+        [backend.session.run(None, {backend.input_name: row[None]})[0] for row in first]
+    )
+    return parity(together, alone)[1] if together.shape == alone.shape else float("inf")
+
+
+def _batch_independent(
+    model: onnx.ModelProto,
+    info: ModelInfo,
+    graph: onnx.ModelProto,
+    backend: OrtBackend,
+    reference: np.ndarray,
+    session: Callable[[onnx.ModelProto], tuple[OrtBackend, np.ndarray]],
+    probe: np.ndarray,
+) -> tuple[onnx.ModelProto, OrtBackend, np.ndarray, str]:
+    """The graph whose samples do not depend on their batch, or AuditInputError naming the fix.
+
+    Training-mode BatchNormalization with its running statistics in the graph is rewritten
+    to inference mode, and kept only if the rewrite is then batch independent.
+    """
+    if not backend.batched:
+        return graph, backend, reference, "batch independence: samples run one at a time"
+    if info.fixed_batch and len(probe) > 1:
+        # _rebatched kept the batchable graph only if its batch matched one-at-a-time runs.
+        return graph, backend, reference, "batch independence checked with the rebatching"
+    rel = batch_dependence(backend, probe)
+    if rel <= PARITY_RTOL:
+        return graph, backend, reference, f"batch independence checked (relative |Δ| {rel:.1e})"
+    fixed, count = batchnorm_inference_mode(model)
+    if count:
+        try:
+            candidate = scores_graph(fixed, info, rebatch=True)
+            fixed_backend, fixed_reference = session(candidate)
+            fixed_rel = batch_dependence(fixed_backend, probe)
+        except Exception:
+            fixed_rel = float("inf")
+        if fixed_rel <= PARITY_RTOL:
+            return candidate, fixed_backend, fixed_reference, (
+                f"{count} training-mode BatchNormalization node(s) set to inference mode with "
+                f"the graph's running statistics (batch dependence {rel:.1e} before, "
+                f"{fixed_rel:.1e} after; checked)"
+            )  # fmt: skip
+    raise AuditInputError(
+        f"each sample's scores depend on the rest of its batch (relative max |Δ| {rel:.2e} "
+        "between a batch and the same samples one at a time), so ψ would mean nothing; "
+        "re-export the model after model.eval() (training-mode BatchNormalization or other "
+        "batch statistics are in the graph)"
+    )
 
 
 def _try_torch(

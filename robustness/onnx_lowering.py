@@ -113,3 +113,42 @@ def _normalizer(
         total,
         helper.make_node("Div", [x, f"{base}_sum"], [y]),
     ]
+
+
+def batchnorm_inference_mode(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy with training-mode BatchNormalization run on the graph's running statistics.
+
+    A graph exported from a model left in train mode normalizes each sample by its batch's
+    statistics. When the running mean and variance are initializers (what `model.eval()` would
+    have used) and the node's running-statistics outputs feed nothing, dropping
+    `training_mode` gives the inference graph. Returns (model, 0) when nothing is rewritable;
+    callers check the result is batch independent.
+    """
+    inits = {i.name for i in model.graph.initializer}
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+
+    def rewritable(node: onnx.NodeProto) -> bool:
+        training = _attrs(node).get("training_mode", 0)
+        return (
+            node.op_type == "BatchNormalization"
+            and node.domain in ("", "ai.onnx")
+            and training == 1
+            and len(node.input) == 5
+            and node.input[3] in inits
+            and node.input[4] in inits
+            and not any(o in used for o in node.output[1:] if o)
+        )
+
+    if not any(rewritable(n) for n in model.graph.node):
+        return model, 0
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    count = 0
+    for node in m.graph.node:
+        if rewritable(node):
+            kept = [a for a in node.attribute if a.name not in ("training_mode", "momentum")]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            del node.output[1:]
+            count += 1
+    return m, count
