@@ -34,13 +34,17 @@ def test_regression_needs_both_size_and_separation() -> None:
     assert cmp(result((0.03, 0.005, 0.004, 0.006))).verdict == "better"
 
 
-def test_worst_epsilon_decides_and_only_shared_epsilons_count() -> None:
+def test_worst_epsilon_decides_and_other_epsilons_are_incomparable() -> None:
     base = result((0.03, 0.01, 0.009, 0.011), (0.06, 0.02, 0.019, 0.021))
-    cand = result((0.03, 0.005, 0.004, 0.006), (0.06, 0.03, 0.029, 0.031), (0.1, 9.0, 8.0, 10.0))
+    cand = result((0.03, 0.005, 0.004, 0.006), (0.06, 0.03, 0.029, 0.031))
     out = compare(base, cand, max_increase=0.1, baseline_config=CFG, candidate_config=CFG)
     assert out.verdict == "regressed"
     assert [v.epsilon for v in out.per_epsilon] == [0.03, 0.06]
     assert "0.06" in out.reason
+    extra = result((0.03, 0.005, 0.004, 0.006), (0.06, 0.03, 0.029, 0.031), (0.1, 9.0, 8.0, 10.0))
+    out = compare(base, extra, max_increase=0.1, baseline_config=CFG, candidate_config=CFG)
+    assert out.verdict == "incomparable"
+    assert "ε differs" in out.reason
 
 
 def test_different_threat_models_are_incomparable() -> None:
