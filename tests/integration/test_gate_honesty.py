@@ -1,0 +1,102 @@
+"""The API and the CLI gate refuse to judge audits measured differently or degenerate models."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from werkzeug.serving import make_server
+
+from robaudit.cli import main
+from service.persistence.models import Audit
+from tests.factories.api import upload_dataset, upload_model
+from tests.integration.test_api import cnn_bytes, digits_npz
+from tests.integration.test_history import fake_result, finished_audit
+
+
+@pytest.fixture
+def ids(client: FlaskClient, auth: dict[str, str]) -> tuple[str, str]:
+    model = upload_model(client, auth, cnn_bytes(), name="digits").get_json()["id"]
+    dataset = upload_dataset(client, auth, digits_npz()).get_json()["id"]
+    return model, dataset
+
+
+@pytest.fixture
+def server(app: Flask) -> Iterator[str]:
+    """The app on a real local HTTP port, for the CLI's client."""
+    httpd = make_server("127.0.0.1", 0, app)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    thread.join()
+
+
+def _with_config(db: Session, audit_id: str, **changes: object) -> None:
+    audit = db.get(Audit, audit_id)
+    assert audit is not None
+    db.execute(update(Audit).where(Audit.id == audit_id).values(config={**audit.config, **changes}))
+    db.commit()
+
+
+def test_api_answers_incomparable_with_every_reason(
+    client: FlaskClient, auth: dict[str, str], db_session: Session, ids: tuple[str, str]
+) -> None:
+    base = finished_audit(client, auth, db_session, ids, 0, fake_result(0.010, 0.0005))
+    cand = finished_audit(client, auth, db_session, ids, 1, fake_result(0.001, 0.0005))
+    _with_config(db_session, cand, steps=50, norm="l2")
+    out = client.get(f"/v1/compare?audits={base},{cand}", headers=auth).get_json()
+    verdict = out["verdicts"][0]
+    assert verdict["verdict"] == "incomparable"
+    assert verdict["regressed"] is False
+    assert any("steps differs: 20 vs 50" in r for r in verdict["reasons"])
+    assert any("norm differs" in r for r in verdict["reasons"])
+    assert verdict["per_epsilon"] == []
+
+
+def test_cli_gate_exits_2_on_incomparable_and_degenerate(
+    client: FlaskClient,
+    auth: dict[str, str],
+    db_session: Session,
+    ids: tuple[str, str],
+    server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("ROBAUDIT_URL", server)
+    monkeypatch.setenv("ROBAUDIT_API_KEY", auth["Authorization"].removeprefix("Bearer "))
+    base = finished_audit(client, auth, db_session, ids, 0, fake_result(0.010, 0.0005))
+    same = finished_audit(client, auth, db_session, ids, 1, fake_result(0.010, 0.0005))
+    assert main(["gate", same, "--baseline", base]) == 0
+    capsys.readouterr()
+
+    other = finished_audit(client, auth, db_session, ids, 2, fake_result(0.010, 0.0005))
+    _with_config(db_session, other, backend="onnxruntime")
+    assert main(["gate", other, "--baseline", base]) == 2
+    assert "cannot compare: backend differs: auto vs onnxruntime" in capsys.readouterr().err
+
+    degenerate = fake_result(0.0, 0.0)
+    degenerate["verdict"] = "degenerate"
+    degenerate["diagnostics"] = {"degenerate": {"kind": "constant_output", "reason": "flat"}}
+    dead = finished_audit(client, auth, db_session, ids, 3, degenerate)
+    assert main(["gate", dead, "--baseline", base]) == 2  # ψ = 0 must not pass as "better"
+    err = capsys.readouterr().err
+    assert "candidate audit's model is degenerate (constant_output): flat" in err
+
+
+def test_report_states_a_degenerate_verdict(
+    client: FlaskClient, auth: dict[str, str], db_session: Session, ids: tuple[str, str]
+) -> None:
+    degenerate = fake_result(0.0, 0.0)
+    degenerate["verdict"] = "degenerate"
+    degenerate["diagnostics"] = {
+        "degenerate": {"kind": "constant_output", "reason": "scores ignore the input"}
+    }
+    audit_id = finished_audit(client, auth, db_session, ids, 0, degenerate)
+    text = client.get(f"/v1/audits/{audit_id}/report", headers=auth).get_data(as_text=True)
+    assert "Verdict: degenerate. scores ignore the input" in text
