@@ -1,8 +1,9 @@
 """Second references for PGD accuracy: torchattacks in L2, ART in L∞ and L2 (metric.md: ~1 point).
 
 Measured on the natural digits CNN (450 test samples, K = 20, α = 2.5ε/K), the only gap in L2
-is the random start. From no random start, this PGD and torchattacks' PGDL2 give the same
-accuracy (0.5867 at ε = 0.5, identical iterates). torchattacks draws the start radius
+is the random start. Started at x, robaudit's steps (robustness.ball.ascend, project) and
+torchattacks' PGDL2(random_start=False) give the same accuracy, 0.5867 at ε = 0.5 (measured
+with a copy of the loop, since PGD always starts at random). torchattacks draws the radius
 uniformly in [0, ε], so its starts sit near x; robaudit and ART draw uniformly in the ball, so
 in 64 dimensions near its surface. That costs 1.3 to 1.6 points at ε = 0.5 (ours 0.609–0.611,
 torchattacks 0.593–0.598, ART 0.602–0.609 over seeds), hence 2 points against torchattacks
