@@ -459,9 +459,13 @@ def _junit(verdict: dict[str, Any], baseline: str) -> str:
             body = f"<failure message={message}>{escape(json.dumps(item))}</failure>"
         cases.append(f'  <testcase classname="robaudit.gate" name={name}>{body}</testcase>')
     failures = sum(item["verdict"] == "regressed" for item in verdict["per_epsilon"])
+    errors = int(verdict["verdict"] == "incomparable")
+    if errors:  # a pipeline must see why nothing was judged
+        name = quoteattr(f"comparable with {baseline}")
+        body = f"<error message={quoteattr(verdict['reason'])}></error>"
+        cases.append(f'  <testcase classname="robaudit.gate" name={name}>{body}</testcase>')
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<testsuite name="robaudit-gate" tests="{len(cases)}" failures="{failures}">\n'
-        + "\n".join(cases)
-        + "\n</testsuite>\n"
+        f'<testsuite name="robaudit-gate" tests="{len(cases)}" failures="{failures}" '
+        f'errors="{errors}">\n' + "\n".join(cases) + "\n</testsuite>\n"
     )

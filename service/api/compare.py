@@ -15,7 +15,12 @@ bp = blueprint("compare", "")
 
 @bp.get("/v1/compare", responses={200: None})
 def compare_audits(query: CompareQuery) -> Response:
-    """Audits side by side, with each one's verdict against the first (the baseline)."""
+    """Audits side by side, with each one's verdict against the first (the baseline).
+
+    A verdict is `incomparable`, with `reasons`, when the two audits measured differently
+    (backend, search, normalization, norm, ε, dataset, preprocessing) or either model is
+    degenerate; on the same dataset it rests on a paired test of the per-sample values.
+    """
     ids = [i.strip() for i in query.audits.split(",") if i.strip()]
     body = reports.compare_audits(
         session=db.session, tenant_id=tenant_id(), audit_ids=ids, max_increase=query.max_increase

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -67,6 +68,7 @@ def test_cli_gate_exits_2_on_incomparable_and_degenerate(
     server: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("ROBAUDIT_URL", server)
     monkeypatch.setenv("ROBAUDIT_API_KEY", auth["Authorization"].removeprefix("Bearer "))
@@ -77,8 +79,11 @@ def test_cli_gate_exits_2_on_incomparable_and_degenerate(
 
     other = finished_audit(client, auth, db_session, ids, 2, fake_result(0.010, 0.0005))
     _with_config(db_session, other, backend="onnxruntime")
-    assert main(["gate", other, "--baseline", base]) == 2
+    junit = tmp_path / "gate.xml"
+    assert main(["gate", other, "--baseline", base, "--junit", str(junit)]) == 2
     assert "cannot compare: backend differs: auto vs onnxruntime" in capsys.readouterr().err
+    assert 'errors="1"' in junit.read_text()
+    assert "backend differs" in junit.read_text()
 
     degenerate = fake_result(0.0, 0.0)
     degenerate["verdict"] = "degenerate"
