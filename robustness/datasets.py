@@ -232,7 +232,7 @@ def _read_header(f: IO[bytes], name: str, declared: int) -> _Header:
 
 def _read_exact(f: IO[bytes], nbytes: int, key: str) -> np.ndarray:
     buf = np.empty(nbytes, np.uint8)
-    view, got = memoryview(buf), 0
+    view, got = memoryview(buf.data), 0
     while got < nbytes:
         n = f.readinto(view[got:])  # type: ignore[attr-defined]
         if not n:
@@ -243,8 +243,8 @@ def _read_exact(f: IO[bytes], nbytes: int, key: str) -> np.ndarray:
 
 def _read_data(f: IO[bytes], header: _Header) -> np.ndarray:
     raw = _read_exact(f, header.nbytes, header.key)
-    order = "F" if header.fortran else "C"
-    return raw.view(header.dtype).reshape(header.shape, order=order)
+    data: np.ndarray = raw.view(header.dtype)
+    return data.reshape(header.shape, order="F" if header.fortran else "C")
 
 
 def _x_chunks(f: IO[bytes], header: _Header, chunk_bytes: int) -> Iterator[np.ndarray]:

@@ -13,7 +13,7 @@ as constants. Shapes computed at run time are bounded by the sandbox, not here.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,14 +198,14 @@ def _subgraph_scopes(
 
 def _scope(
     where: str,
-    nodes: object,
-    initializers: object,
-    sparse_initializers: object,
+    nodes: Iterable[onnx.NodeProto],
+    initializers: Iterable[TensorProto],
+    sparse_initializers: Iterable[onnx.SparseTensorProto],
     consts: dict[str, TensorProto],
 ) -> _Scope:
-    node_list = tuple(nodes)  # type: ignore[call-overload]
-    tensors = list(initializers)  # type: ignore[call-overload]
-    sparse = list(sparse_initializers)  # type: ignore[call-overload]
+    node_list = tuple(nodes)
+    tensors = list(initializers)
+    sparse = list(sparse_initializers)
     consts = dict(consts)
     for node in node_list:
         for attr in node.attribute:

@@ -3,28 +3,72 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from robustness.datasets import check_arrays, load_npz
-from robustness.onnx_graph import inspect, load_model_bytes
+from robustness.datasets import scan_npz
+from robustness.onnx_safety import IntakeLimits
 from service.config import Settings
 from service.errors import NotFound, Problem, Unprocessable
 from service.pagination import paginate
-from service.persistence.models import Dataset, Model, utcnow
+from service.persistence.models import Audit, AuditShard, Dataset, Model, utcnow
+from service.sandbox import ChildRaised, LimitExceeded, Limits, SandboxError, run_sandboxed
 from service.storage import ArtifactStore, StoredArtifact, TooLarge
 
 PENDING = "pending: a worker checks conversion and parity"
+INTAKE_TARGET = "robustness.onnx_graph:intake_file"
+LIMIT_SETTINGS = {
+    "memory": "ROBAUDIT_INTAKE_MEMORY_MB",
+    "cpu": "ROBAUDIT_INTAKE_CPU_S",
+    "wall": "ROBAUDIT_INTAKE_WALL_S",
+}
+DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
-def _store(store: ArtifactStore, stream: IO[bytes], limit: int) -> StoredArtifact:
+@contextmanager
+def _staged(store: ArtifactStore, stream: IO[bytes], limit: int) -> Iterator[StoredArtifact]:
+    """The upload in the store's temp dir; it enters the store only through `store.commit`."""
     try:
-        return store.save_stream(stream, max_bytes=limit)
+        with store.staged(stream, max_bytes=limit) as staged:
+            yield staged
     except TooLarge as exc:
         raise Problem(413, "Content Too Large", str(exc)) from exc
+
+
+def _intake_model(path: Path, output: str | None, settings: Settings) -> dict[str, Any]:
+    """Parse, check and inspect the model in a sandbox: it reads that one file, nothing else."""
+    limits = Limits(
+        memory_bytes=settings.intake_memory_bytes,
+        cpu_seconds=settings.intake_cpu_s,
+        wall_seconds=settings.intake_wall_s,
+        threads=1,
+    )
+    intake = IntakeLimits(max_nodes=settings.intake_max_nodes, max_depth=settings.intake_max_depth)
+    payload = {"path": str(path), "output": output, "limits": asdict(intake)}
+    try:
+        info: dict[str, Any] = run_sandboxed(INTAKE_TARGET, payload, limits=limits, readable=[path])
+    except LimitExceeded as exc:
+        raise Unprocessable(
+            f"the model was refused: {exc} while reading it (setting "
+            f"{LIMIT_SETTINGS.get(exc.limit, exc.limit)}); upload a smaller or simpler graph",
+            limit=exc.limit,
+        ) from exc
+    except ChildRaised as exc:
+        if exc.kind in ("ModelRejected", "AuditInputError"):
+            raise Unprocessable(exc.message) from exc
+        raise Unprocessable(f"the model could not be read: {exc.kind}: {exc.message}") from exc
+    except SandboxError as exc:
+        raise Unprocessable(f"the model could not be read: {exc}") from exc
+    return info
 
 
 Row = TypeVar("Row", Model, Dataset)
@@ -67,8 +111,8 @@ def parse_range(value: str | list[float] | None) -> list[float]:
         parts = [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
     except (TypeError, ValueError) as exc:
         raise Unprocessable(f"input_range {value!r} is not 'lo,hi'") from exc
-    if len(parts) != 2 or not parts[0] < parts[1]:
-        raise Unprocessable(f"input_range {value!r} must be two numbers lo,hi with lo < hi")
+    if len(parts) != 2 or not all(map(math.isfinite, parts)) or not parts[0] < parts[1]:
+        raise Unprocessable(f"input_range {value!r} must be two finite numbers lo,hi with lo < hi")
     return parts
 
 
@@ -98,28 +142,31 @@ def create_model(
     output: str | None,
     class_names: str | list[str] | None,
 ) -> tuple[Model, bool]:
-    """Store and inspect an ONNX model; (row, created). Same bytes again → the existing row."""
-    stored = _store(store, stream, settings.max_model_bytes)
-    existing = _restore_same_bytes(session, Model, tenant_id, stored.sha256)
-    if existing is not None:
-        return existing
-    info = inspect(load_model_bytes(stored.path.read_bytes()), output)
-    names = parse_class_names(class_names)
-    if names is not None and info.num_classes is not None and len(names) != info.num_classes:
-        raise Unprocessable(
-            f"class_names has {len(names)} entries but the model scores {info.num_classes} classes"
-        )
+    """Check, inspect and store an ONNX model; (row, created). Same bytes → the existing row."""
+    with _staged(store, stream, settings.max_model_bytes) as staged:
+        existing = _restore_same_bytes(session, Model, tenant_id, staged.sha256)
+        if existing is not None:
+            return existing
+        value_range = parse_range(input_range)
+        names = parse_class_names(class_names)
+        info = _intake_model(staged.path, output, settings)
+        num_classes = info["output"]["num_classes"]
+        if names is not None and num_classes is not None and len(names) != num_classes:
+            raise Unprocessable(
+                f"class_names has {len(names)} entries but the model scores {num_classes} classes"
+            )
+        stored = store.commit(staged)
     row = Model(
         tenant_id=tenant_id,
         name=name or (filename or "model").rsplit(".", 1)[0],
         version=version,
         sha256=stored.sha256,
         size_bytes=stored.size,
-        opset=info.opset,
-        input_range=parse_range(input_range),
+        opset=info["opset"],
+        input_range=value_range,
         requested_output=output,
         class_names=names,
-        intake=info.to_dict(),
+        intake=info,
         backends={
             "torch": {"ok": None, "parity_max_abs_diff": None, "reason": PENDING},
             "onnxruntime": {"ok": None, "reason": PENDING},
@@ -138,13 +185,17 @@ def create_dataset(
     filename: str | None,
     name: str | None,
 ) -> tuple[Dataset, bool]:
-    """Store and check an .npz dataset; (row, created). Same bytes again → the existing row."""
-    stored = _store(store, stream, settings.max_dataset_bytes)
-    existing = _restore_same_bytes(session, Dataset, tenant_id, stored.sha256)
-    if existing is not None:
-        return existing
-    x, y = load_npz(stored.path, max_member_bytes=settings.max_npz_member_bytes)
-    facts = check_arrays(x, y)
+    """Check and store an .npz dataset; (row, created). Same bytes again → the existing row."""
+    with _staged(store, stream, settings.max_dataset_bytes) as staged:
+        existing = _restore_same_bytes(session, Dataset, tenant_id, staged.sha256)
+        if existing is not None:
+            return existing
+        facts = scan_npz(
+            staged.path,
+            max_member_bytes=settings.max_npz_member_bytes,
+            max_total_bytes=settings.max_npz_total_bytes,
+        )
+        stored = store.commit(staged)
     row = Dataset(
         tenant_id=tenant_id,
         name=name or (filename or "dataset").rsplit(".", 1)[0],
@@ -236,3 +287,35 @@ def dataset_json(row: Dataset) -> dict[str, Any]:
         "value_range": row.value_range,
         "created_at": row.created_at.isoformat(),
     }
+
+
+def sweep_artifacts(*, session: Session, store: ArtifactStore, older_than: float) -> list[Path]:
+    """Remove temp files and artifacts no row references, once older than `older_than` s.
+
+    Referenced: every model and dataset row, soft-deleted ones included (an upload of the
+    same bytes restores them), and every digest inside audit and shard results (landscape
+    PNGs). Returns the removed paths.
+    """
+    referenced = set(session.scalars(select(Model.sha256)))
+    referenced.update(session.scalars(select(Dataset.sha256)))
+    for column in (Audit.result, AuditShard.result):
+        for result in session.scalars(select(column).where(column.is_not(None))):
+            referenced.update(_digests(result))
+    return store.sweep(referenced, older_than)
+
+
+def sweep_configured(*, session: Session, settings: Settings) -> list[Path]:
+    """`sweep_artifacts` with the store and grace period of `settings` (the worker's sweeper)."""
+    store = ArtifactStore(settings.artifact_dir)
+    return sweep_artifacts(session=session, store=store, older_than=settings.sweep_grace_s)
+
+
+def _digests(value: Any) -> Iterator[str]:
+    if isinstance(value, str) and DIGEST.fullmatch(value):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _digests(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _digests(item)

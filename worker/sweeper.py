@@ -9,6 +9,7 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
+from service.catalog import sweep_configured
 from service.config import Settings
 from service.dispatch import resend_stale
 from service.persistence.session import make_engine, make_session_factory
@@ -24,6 +25,7 @@ def sweep_forever(app: Any, interval: float) -> None:
         try:
             with factory() as session:
                 sent = resend_stale(app, session)
+                sweep_configured(session=session, settings=Settings.from_env())
             if sent:
                 log.info("re-sent %d undispatched audit(s): %s", len(sent), ", ".join(sent))
         except Exception as exc:  # the broker or database may be down; try again later
