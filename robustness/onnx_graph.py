@@ -77,6 +77,8 @@ def load_model_bytes(data: bytes, limits: IntakeLimits | None = None) -> onnx.Mo
     try:
         model = onnx.load_model_from_string(data)  # never loads external data
     except Exception as exc:
+        if "alloc failed" in str(exc):  # protobuf's arena hit the memory cap: not bad bytes
+            raise MemoryError(f"parsing the model ran out of memory: {_short(exc)}") from exc
         raise ModelRejected(f"not a valid ONNX file: {_short(exc)}") from exc
     if not model.graph.node:
         raise ModelRejected("not a valid ONNX file: the graph has no nodes")

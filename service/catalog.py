@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -20,7 +19,7 @@ from robustness.onnx_safety import IntakeLimits
 from service.config import Settings
 from service.errors import NotFound, Problem, Unprocessable
 from service.pagination import paginate
-from service.persistence.models import Audit, AuditShard, Dataset, Model, utcnow
+from service.persistence.models import Dataset, Model, utcnow
 from service.sandbox import ChildRaised, LimitExceeded, Limits, SandboxError, run_sandboxed
 from service.storage import ArtifactStore, StoredArtifact, TooLarge
 
@@ -31,7 +30,6 @@ LIMIT_SETTINGS = {
     "cpu": "ROBAUDIT_INTAKE_CPU_S",
     "wall": "ROBAUDIT_INTAKE_WALL_S",
 }
-DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @contextmanager
@@ -287,35 +285,3 @@ def dataset_json(row: Dataset) -> dict[str, Any]:
         "value_range": row.value_range,
         "created_at": row.created_at.isoformat(),
     }
-
-
-def sweep_artifacts(*, session: Session, store: ArtifactStore, older_than: float) -> list[Path]:
-    """Remove temp files and artifacts no row references, once older than `older_than` s.
-
-    Referenced: every model and dataset row, soft-deleted ones included (an upload of the
-    same bytes restores them), and every digest inside audit and shard results (landscape
-    PNGs). Returns the removed paths.
-    """
-    referenced = set(session.scalars(select(Model.sha256)))
-    referenced.update(session.scalars(select(Dataset.sha256)))
-    for column in (Audit.result, AuditShard.result):
-        for result in session.scalars(select(column).where(column.is_not(None))):
-            referenced.update(_digests(result))
-    return store.sweep(referenced, older_than)
-
-
-def sweep_configured(*, session: Session, settings: Settings) -> list[Path]:
-    """`sweep_artifacts` with the store and grace period of `settings` (the worker's sweeper)."""
-    store = ArtifactStore(settings.artifact_dir)
-    return sweep_artifacts(session=session, store=store, older_than=settings.sweep_grace_s)
-
-
-def _digests(value: Any) -> Iterator[str]:
-    if isinstance(value, str) and DIGEST.fullmatch(value):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _digests(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _digests(item)

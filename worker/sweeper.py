@@ -9,10 +9,10 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from service.catalog import sweep_configured
 from service.config import Settings
 from service.dispatch import resend_stale
 from service.persistence.session import make_engine, make_session_factory
+from service.sweep import sweep_configured
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from onnx import numpy_helper
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
@@ -269,15 +270,26 @@ def _naive_cursor() -> str:
 CASES = [*_external_cases(), *_model_cases(), *_dataset_cases(), *_request_cases()]
 
 
+def _sqlite_app(root: Path, **overrides: Any) -> tuple[Flask, Settings]:
+    url = f"sqlite:///{root / 'api.db'}"
+    upgrade(url)
+    settings = Settings(data_dir=root / "data", database_url=url, **overrides)
+    return create_app({"ROBAUDIT_SETTINGS": settings, "TESTING": True}), settings
+
+
+def _key(app: Flask, tenant: str) -> dict[str, str]:
+    engine = make_engine(app.config["DATABASE_URL"])
+    with Session(engine) as session:
+        headers = tenant_headers(session, tenant)
+    engine.dispose()
+    return headers
+
+
 @pytest.fixture(scope="module")
 def corpus_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, Env, Path]]:
     root = tmp_path_factory.mktemp("hostile")
-    data = root / "data"
-    url = f"sqlite:///{root / 'api.db'}"
-    upgrade(url)
-    settings = Settings(
-        data_dir=data,
-        database_url=url,
+    app, settings = _sqlite_app(
+        root,
         max_model_bytes=4 * MiB,
         max_dataset_bytes=4 * MiB,
         max_npz_member_bytes=MiB,
@@ -288,7 +300,6 @@ def corpus_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask
         intake_cpu_s=30,
         intake_wall_s=60,
     )
-    app = create_app({"ROBAUDIT_SETTINGS": settings, "TESTING": True})
     canary = root / CANARY
     canary.write_text("secret outside the data directory\n")
     _opened.clear()  # that open was ours
@@ -298,11 +309,7 @@ def corpus_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask
 
 @pytest.fixture(scope="module")
 def corpus_auth(corpus_app: tuple[Flask, Env, Path]) -> dict[str, str]:
-    engine = make_engine(corpus_app[0].config["DATABASE_URL"])
-    with Session(engine) as session:
-        headers = tenant_headers(session, "mallory")
-    engine.dispose()
-    return headers
+    return _key(corpus_app[0], "mallory")
 
 
 def _peak_rss() -> int:
@@ -378,3 +385,31 @@ def test_after_the_corpus_the_api_is_whole(
         headers=corpus_auth,
     )
     assert audit.status_code == 202, audit.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("limit", "overrides", "weights", "named"),
+    [
+        ("wall", {"intake_wall_s": 0.05}, 0, "s of wall time"),
+        ("memory", {"intake_memory_bytes": 200 * MiB}, 30 << 20, "GiB of memory"),
+    ],
+)
+def test_a_sandbox_limit_refuses_the_model_and_names_the_limit(
+    tmp_path: Path, limit: str, overrides: dict[str, Any], weights: int, named: str
+) -> None:
+    """The API's intake child hits its limit: 422 naming it, and the API keeps serving."""
+    app, settings = _sqlite_app(tmp_path, max_model_bytes=256 * MiB, **overrides)
+    auth, client = _key(app, "acme"), app.test_client()
+    graph = hostile.linear_classifier()
+    if weights:  # protobuf needs several copies of 120 MB while parsing and checking
+        graph.graph.initializer.append(numpy_helper.from_array(np.ones(weights, F32), "unused"))
+    resp = upload_model(client, auth, graph.SerializeToString())
+    resp.request.environ["wsgi.input"].close()
+    assert resp.status_code == 422, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert body["limit"] == limit
+    assert named in body["detail"], body["detail"]
+    assert "ROBAUDIT_INTAKE_" in body["detail"], body["detail"]
+    assert not _files(settings.artifact_dir)
+    assert client.get("/healthz").status_code == 200
+    app.extensions["robaudit.db"].engine.dispose()
