@@ -5,7 +5,9 @@ Kept apart from service.catalog, which imports the web layer; workers must not.
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from service.persistence.models import Audit, AuditShard, Dataset, Model
 from service.storage import ArtifactStore
 
 DIGEST = re.compile(r"[0-9a-f]{64}")
+_last_sweep: dict[Path, float] = {}  # per store, in this process: when it was last swept
 
 
 def sweep_artifacts(*, session: Session, store: ArtifactStore, older_than: float) -> list[Path]:
@@ -36,7 +39,16 @@ def sweep_artifacts(*, session: Session, store: ArtifactStore, older_than: float
 
 
 def sweep_configured(*, session: Session, settings: Settings) -> list[Path]:
-    """`sweep_artifacts` with the store and grace period of `settings` (the worker's sweeper)."""
+    """`sweep_artifacts` with the settings' store and grace, at most every grace/4 seconds.
+
+    The worker's sweeper loop runs every few seconds for its outbox work; reading every
+    audit result that often would load the database for nothing, as leftovers only become
+    removable once a grace period old.
+    """
+    now = time.monotonic()
+    if now - _last_sweep.get(settings.artifact_dir, -math.inf) < settings.sweep_grace_s / 4:
+        return []
+    _last_sweep[settings.artifact_dir] = now
     store = ArtifactStore(settings.artifact_dir)
     return sweep_artifacts(session=session, store=store, older_than=settings.sweep_grace_s)
 

@@ -39,19 +39,24 @@ def cap_body() -> None:
 
     Uploads (multipart) keep the app-wide MAX_CONTENT_LENGTH and stream to disk under their
     own per-file limits; every other body (JSON) gets `max_json_bytes`, also when it comes
-    chunked without a Content-Length (werkzeug stops reading at the limit).
+    chunked without a Content-Length.
     """
     if request.mimetype == "multipart/form-data":
         return
     limit = settings().max_json_bytes
-    request.max_content_length = limit
+    too_large = Problem(
+        413,
+        "Content Too Large",
+        f"the request body has {request.content_length or 'more than ' + str(limit)} bytes; the "
+        f"limit for a JSON body is {limit} bytes (ROBAUDIT_MAX_JSON_KB)",
+    )
     if request.content_length is not None and request.content_length > limit:
-        raise Problem(
-            413,
-            "Content Too Large",
-            f"the request body has {request.content_length} bytes; the limit for a JSON body "
-            f"is {limit} bytes (ROBAUDIT_MAX_JSON_KB)",
-        )
+        raise too_large
+    if request.content_length is None and request.method in ("POST", "PUT", "PATCH"):
+        # Chunked: werkzeug stops reading one byte past the limit; that byte means too large.
+        request.max_content_length = limit + 1
+        if len(request.get_data(cache=True)) > limit:
+            raise too_large
 
 
 def settings() -> Settings:

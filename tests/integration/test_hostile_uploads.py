@@ -44,6 +44,7 @@ pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
 CANARY = f"canary-{uuid.uuid4().hex}.txt"
+JSON_CAP = 64 * 1024
 PEAK_RSS_GROWTH_BOUND = 300 * MiB  # the bodies below declare up to 3 GiB; none is buffered
 _opened: list[str] = []
 
@@ -119,17 +120,21 @@ class LazyBody(io.RawIOBase):
         return n
 
 
-def huge_json(size: int) -> Send:
+def huge_json(size: int, *, chunked: bool = False) -> Send:
+    """A JSON body of `size` bytes, declared up front or (chunked) only found out by reading."""
+
     def send(client: FlaskClient, auth: dict[str, str], _env: Env) -> TestResponse:
         body = LazyBody(size)
+        streaming = {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}
         resp = client.post(
             "/v1/audits",
             input_stream=body,
-            content_length=size,
             headers=auth,
             content_type="application/json",
+            environ_overrides=streaming if chunked else {},
         )
-        assert body.read_total == 0, "the body was read before it was refused"
+        read_at_most = JSON_CAP + 1 if chunked else 0
+        assert body.read_total <= read_at_most, f"{body.read_total} bytes read before refusing"
         return resp
 
     return send
@@ -251,6 +256,7 @@ def _request_cases() -> list[Case]:
         Case("audit-id-surrogate", post_json("/v1/audits", SURROGATE), 422, "Unicode"),
         Case("json-3GiB-declared", huge_json(3 << 30), 413, "limit for a JSON body"),
         Case("json-100MB-declared", huge_json(100 * MiB), 413, "limit for a JSON body"),
+        Case("json-100MB-chunked", huge_json(100 * MiB, chunked=True), 413, "more than 65536"),
         Case("path-id-nul", get("/v1/models/abc%00def"), 422, "NUL"),
         Case("path-audit-nul", get("/v1/audits/%00"), 422, "NUL"),
         Case("path-id-invalid-utf8", get("/v1/datasets/%ff%fe"), 404, "no dataset"),
@@ -294,7 +300,7 @@ def corpus_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask
         max_dataset_bytes=4 * MiB,
         max_npz_member_bytes=MiB,
         max_npz_total_bytes=MiB,
-        max_json_bytes=64 * 1024,
+        max_json_bytes=JSON_CAP,
         intake_max_nodes=1000,
         intake_memory_bytes=1024 * MiB,
         intake_cpu_s=30,
