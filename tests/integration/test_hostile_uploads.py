@@ -375,6 +375,7 @@ def test_after_the_corpus_the_api_is_whole(
     client = app.test_client()
     assert len(CASES) >= 40
     growth = _peak_rss() - rss_baseline
+    print(f"API process peak RSS grew by {growth / MiB:.1f} MiB over {len(CASES)} cases")
     assert growth < PEAK_RSS_GROWTH_BOUND, f"peak RSS grew by {growth / MiB:.0f} MiB"
     assert not _opened
     assert not list(env.tmp_dir.iterdir()), "temp files were left behind"
