@@ -1,8 +1,8 @@
 """The hostile corpus (issue 11) against the API: every case gets its documented 4xx.
 
-One app on SQLite serves the whole corpus (PostgreSQL-only failure modes, NUL bytes and
-naive times, have their cases in test_api.py's style below, on both databases). Each case
-also proves that:
+One app on SQLite serves the whole corpus; the failure modes that only PostgreSQL showed
+(NUL bytes, unpaired surrogates, naive times: 500s before) run again at the end on both
+databases. Each corpus case also proves that:
 
 - nothing was left in the artifact store or its temp dir (validated before stored);
 - a canary file outside the data directory, named by relative and absolute paths from every
@@ -420,3 +420,23 @@ def test_a_sandbox_limit_refuses_the_model_and_names_the_limit(
     assert not _files(settings.artifact_dir)
     assert client.get("/healthz").status_code == 200
     app.extensions["robaudit.db"].engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("send", "status", "detail"),
+    [
+        (get("/v1/models/abc%00def"), 422, "NUL"),
+        (get("/v1/audits?model_id=a%00b"), 422, "NUL"),
+        (get("/v1/audits?created_before=2024-01-01T00:00:00"), 422, "timezone"),
+        (get(f"/v1/audits?cursor={_naive_cursor()}"), 400, "cursor"),
+        (post_json("/v1/audits", SURROGATE), 422, "Unicode"),
+        (model(lambda _env: b"", name="a\x00b"), 422, "NUL"),
+    ],
+    ids=["path-nul", "query-nul", "naive-filter", "naive-cursor", "surrogate", "form-nul"],
+)
+def test_text_and_times_the_database_cannot_take_get_a_4xx_on_both_databases(
+    client: FlaskClient, auth: dict[str, str], send: Send, status: int, detail: str
+) -> None:
+    resp = send(client, auth, Env(canary=Path("/nonexistent"), tmp_dir=Path("/nonexistent")))
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert detail in resp.get_json(force=True)["detail"]
