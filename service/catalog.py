@@ -72,6 +72,12 @@ def _intake_model(path: Path, output: str | None, settings: Settings) -> dict[st
 Row = TypeVar("Row", Model, Dataset)
 
 
+def _stem(filename: str | None, fallback: str) -> str:
+    """A default name from the uploaded file's name, cleaned of what no database stores."""
+    text = (filename or "").encode("utf-8", "replace").decode().replace("\x00", "")
+    return text.rsplit(".", 1)[0][:200] or fallback
+
+
 def _restore_same_bytes(
     session: Session, entity: type[Row], tenant_id: str, sha256: str
 ) -> tuple[Row, bool] | None:
@@ -156,7 +162,7 @@ def create_model(
         stored = store.commit(staged)
     row = Model(
         tenant_id=tenant_id,
-        name=name or (filename or "model").rsplit(".", 1)[0],
+        name=name or _stem(filename, "model"),
         version=version,
         sha256=stored.sha256,
         size_bytes=stored.size,
@@ -196,7 +202,7 @@ def create_dataset(
         stored = store.commit(staged)
     row = Dataset(
         tenant_id=tenant_id,
-        name=name or (filename or "dataset").rsplit(".", 1)[0],
+        name=name or _stem(filename, "dataset"),
         sha256=stored.sha256,
         size_bytes=stored.size,
         n=facts.n,

@@ -440,3 +440,13 @@ def test_text_and_times_the_database_cannot_take_get_a_4xx_on_both_databases(
     resp = send(client, auth, Env(canary=Path("/nonexistent"), tmp_dir=Path("/nonexistent")))
     assert resp.status_code == status, resp.get_data(as_text=True)
     assert detail in resp.get_json(force=True)["detail"]
+
+
+def test_a_hostile_file_name_becomes_a_storable_default_name(
+    client: FlaskClient, auth: dict[str, str]
+) -> None:
+    data = hostile.linear_classifier().SerializeToString()
+    form = {"file": (io.BytesIO(data), "evil\x00" + "n" * 300 + ".onnx")}
+    resp = client.post("/v1/models", data=form, headers=auth, content_type="multipart/form-data")
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    assert resp.get_json()["name"] == ("evil" + "n" * 300)[:200]
