@@ -10,17 +10,18 @@ a symbolic batch dimension, and logits rather than probabilities where the Softm
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from robustness.errors import ModelRejected
+from robustness.onnx_safety import IntakeLimits, check_parsed, prescan
 
-ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 MAX_INPUT_ELEMENTS = 50_000_000  # per sample; a 4k RGB image is 50M
-MAX_CONSTANT_ELEMENTS = 1 << 28  # ConstantOfShape may build weights, but not 1 GiB of them
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 PROBABILITY_OPS = {"Softmax", "Sigmoid", "Normalizer"}
 BATCH = "N"
@@ -65,17 +66,23 @@ class ModelInfo:
         }
 
 
-def load_model_bytes(data: bytes) -> onnx.ModelProto:
-    """Parse and check an untrusted ONNX file; never follows paths named inside it."""
+def load_model_bytes(data: bytes, limits: IntakeLimits | None = None) -> onnx.ModelProto:
+    """Parse and check an untrusted ONNX file; never follows paths named inside it.
+
+    The node and depth limits are checked on the raw bytes before protobuf builds anything;
+    external data is refused everywhere before the checker, which would stat such paths, runs.
+    """
+    limits = limits or IntakeLimits()
+    prescan(data, limits)
     try:
-        model = onnx.load_model_from_string(data)
+        model = onnx.load_model_from_string(data)  # never loads external data
     except Exception as exc:
+        if "alloc failed" in str(exc):  # protobuf's arena hit the memory cap: not bad bytes
+            raise MemoryError(f"parsing the model ran out of memory: {_short(exc)}") from exc
         raise ModelRejected(f"not a valid ONNX file: {_short(exc)}") from exc
     if not model.graph.node:
         raise ModelRejected("not a valid ONNX file: the graph has no nodes")
-    _reject_external_data(model)
-    _reject_foreign_domains(model)
-    _reject_huge_constants(model)
+    check_parsed(model, limits)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
@@ -321,55 +328,19 @@ def _dtype(elem_type: int) -> str:
     return str(helper.tensor_dtype_to_np_dtype(elem_type)) if elem_type else "undefined"
 
 
-def _reject_external_data(model: onnx.ModelProto) -> None:
-    for tensor in _all_tensors(model):
-        if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
-            raise ModelRejected(
-                f"tensor {tensor.name!r} refers to external data; upload a single self-contained "
-                "file (onnx.save_model(model, path, save_as_external_data=False))"
-            )
-
-
-def _reject_foreign_domains(model: onnx.ModelProto) -> None:
-    local = {(f.domain, f.name) for f in model.functions}
-    for node in _all_nodes(model.graph):
-        if node.domain not in ALLOWED_DOMAINS and (node.domain, node.op_type) not in local:
-            raise ModelRejected(
-                f"node {node.name or node.op_type!r} uses operator domain {node.domain!r}; "
-                f"allowed domains are the standard ONNX ones ({sorted(ALLOWED_DOMAINS)})"
-            )
-
-
-def _reject_huge_constants(model: onnx.ModelProto) -> None:
-    consts = {i.name: i for i in model.graph.initializer}
-    for node in _all_nodes(model.graph):
-        if node.op_type in ("ConstantOfShape", "Expand") and node.input[-1] in consts:
-            dims = numpy_helper.to_array(consts[node.input[-1]]).astype("int64").ravel()
-            if dims.size and math.prod(int(abs(d)) for d in dims) > MAX_CONSTANT_ELEMENTS:
-                raise ModelRejected(
-                    f"node {node.name or node.op_type!r} would build a tensor of shape "
-                    f"{dims.tolist()}; the limit is {MAX_CONSTANT_ELEMENTS} elements"
-                )
-
-
-def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    nodes = list(graph.node)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                nodes.extend(_all_nodes(attr.g))
-            for sub in attr.graphs:
-                nodes.extend(_all_nodes(sub))
-    return nodes
-
-
-def _all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    tensors = list(model.graph.initializer)
-    for node in _all_nodes(model.graph):
-        tensors.extend(a.t for a in node.attribute if a.HasField("t"))
-    return tensors
-
-
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
+
+
+def intake_file(
+    payload: dict[str, Any], emit: Callable[[dict[str, Any]], None]
+) -> dict[str, object]:
+    """Sandbox entry point (service.sandbox): check and inspect the ONNX file at payload["path"].
+
+    payload: {"path": str, "output": str | None, "limits": IntakeLimits fields}. Returns
+    ModelInfo.to_dict(); a ModelRejected reaches the parent as ChildRaised.
+    """
+    limits = IntakeLimits(**payload.get("limits", {}))
+    data = Path(payload["path"]).read_bytes()
+    return inspect(load_model_bytes(data, limits), payload.get("output")).to_dict()

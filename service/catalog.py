@@ -3,31 +3,79 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from robustness.datasets import check_arrays, load_npz
-from robustness.onnx_graph import inspect, load_model_bytes
+from robustness.datasets import scan_npz
+from robustness.onnx_safety import IntakeLimits
 from service.config import Settings
 from service.errors import NotFound, Problem, Unprocessable
 from service.pagination import paginate
 from service.persistence.models import Dataset, Model, utcnow
+from service.sandbox import ChildRaised, LimitExceeded, Limits, SandboxError, run_sandboxed
 from service.storage import ArtifactStore, StoredArtifact, TooLarge
 
 PENDING = "pending: a worker checks conversion and parity"
+INTAKE_TARGET = "robustness.onnx_graph:intake_file"
+LIMIT_SETTINGS = {
+    "memory": "ROBAUDIT_INTAKE_MEMORY_MB",
+    "cpu": "ROBAUDIT_INTAKE_CPU_S",
+    "wall": "ROBAUDIT_INTAKE_WALL_S",
+}
 
 
-def _store(store: ArtifactStore, stream: IO[bytes], limit: int) -> StoredArtifact:
+@contextmanager
+def _staged(store: ArtifactStore, stream: IO[bytes], limit: int) -> Iterator[StoredArtifact]:
+    """The upload in the store's temp dir; it enters the store only through `store.commit`."""
     try:
-        return store.save_stream(stream, max_bytes=limit)
+        with store.staged(stream, max_bytes=limit) as staged:
+            yield staged
     except TooLarge as exc:
         raise Problem(413, "Content Too Large", str(exc)) from exc
 
 
+def _intake_model(path: Path, output: str | None, settings: Settings) -> dict[str, Any]:
+    """Parse, check and inspect the model in a sandbox: it reads that one file, nothing else."""
+    limits = Limits(
+        memory_bytes=settings.intake_memory_bytes,
+        cpu_seconds=settings.intake_cpu_s,
+        wall_seconds=settings.intake_wall_s,
+        threads=1,
+    )
+    intake = IntakeLimits(max_nodes=settings.intake_max_nodes, max_depth=settings.intake_max_depth)
+    payload = {"path": str(path), "output": output, "limits": asdict(intake)}
+    try:
+        info: dict[str, Any] = run_sandboxed(INTAKE_TARGET, payload, limits=limits, readable=[path])
+    except LimitExceeded as exc:
+        raise Unprocessable(
+            f"the model was refused: {exc} while reading it (setting "
+            f"{LIMIT_SETTINGS.get(exc.limit, exc.limit)}); upload a smaller or simpler graph",
+            limit=exc.limit,
+        ) from exc
+    except ChildRaised as exc:
+        if exc.kind in ("ModelRejected", "AuditInputError"):
+            raise Unprocessable(exc.message) from exc
+        raise Unprocessable(f"the model could not be read: {exc.kind}: {exc.message}") from exc
+    except SandboxError as exc:
+        raise Unprocessable(f"the model could not be read: {exc}") from exc
+    return info
+
+
 Row = TypeVar("Row", Model, Dataset)
+
+
+def _stem(filename: str | None, fallback: str) -> str:
+    """A default name from the uploaded file's name, cleaned of what no database stores."""
+    text = (filename or "").encode("utf-8", "replace").decode().replace("\x00", "")
+    return text.rsplit(".", 1)[0][:200] or fallback
 
 
 def _restore_same_bytes(
@@ -67,8 +115,8 @@ def parse_range(value: str | list[float] | None) -> list[float]:
         parts = [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
     except (TypeError, ValueError) as exc:
         raise Unprocessable(f"input_range {value!r} is not 'lo,hi'") from exc
-    if len(parts) != 2 or not parts[0] < parts[1]:
-        raise Unprocessable(f"input_range {value!r} must be two numbers lo,hi with lo < hi")
+    if len(parts) != 2 or not all(map(math.isfinite, parts)) or not parts[0] < parts[1]:
+        raise Unprocessable(f"input_range {value!r} must be two finite numbers lo,hi with lo < hi")
     return parts
 
 
@@ -98,28 +146,31 @@ def create_model(
     output: str | None,
     class_names: str | list[str] | None,
 ) -> tuple[Model, bool]:
-    """Store and inspect an ONNX model; (row, created). Same bytes again → the existing row."""
-    stored = _store(store, stream, settings.max_model_bytes)
-    existing = _restore_same_bytes(session, Model, tenant_id, stored.sha256)
-    if existing is not None:
-        return existing
-    info = inspect(load_model_bytes(stored.path.read_bytes()), output)
-    names = parse_class_names(class_names)
-    if names is not None and info.num_classes is not None and len(names) != info.num_classes:
-        raise Unprocessable(
-            f"class_names has {len(names)} entries but the model scores {info.num_classes} classes"
-        )
+    """Check, inspect and store an ONNX model; (row, created). Same bytes → the existing row."""
+    with _staged(store, stream, settings.max_model_bytes) as staged:
+        existing = _restore_same_bytes(session, Model, tenant_id, staged.sha256)
+        if existing is not None:
+            return existing
+        value_range = parse_range(input_range)
+        names = parse_class_names(class_names)
+        info = _intake_model(staged.path, output, settings)
+        num_classes = info["output"]["num_classes"]
+        if names is not None and num_classes is not None and len(names) != num_classes:
+            raise Unprocessable(
+                f"class_names has {len(names)} entries but the model scores {num_classes} classes"
+            )
+        stored = store.commit(staged)
     row = Model(
         tenant_id=tenant_id,
-        name=name or (filename or "model").rsplit(".", 1)[0],
+        name=name or _stem(filename, "model"),
         version=version,
         sha256=stored.sha256,
         size_bytes=stored.size,
-        opset=info.opset,
-        input_range=parse_range(input_range),
+        opset=info["opset"],
+        input_range=value_range,
         requested_output=output,
         class_names=names,
-        intake=info.to_dict(),
+        intake=info,
         backends={
             "torch": {"ok": None, "parity_max_abs_diff": None, "reason": PENDING},
             "onnxruntime": {"ok": None, "reason": PENDING},
@@ -138,16 +189,20 @@ def create_dataset(
     filename: str | None,
     name: str | None,
 ) -> tuple[Dataset, bool]:
-    """Store and check an .npz dataset; (row, created). Same bytes again → the existing row."""
-    stored = _store(store, stream, settings.max_dataset_bytes)
-    existing = _restore_same_bytes(session, Dataset, tenant_id, stored.sha256)
-    if existing is not None:
-        return existing
-    x, y = load_npz(stored.path, max_member_bytes=settings.max_npz_member_bytes)
-    facts = check_arrays(x, y)
+    """Check and store an .npz dataset; (row, created). Same bytes again → the existing row."""
+    with _staged(store, stream, settings.max_dataset_bytes) as staged:
+        existing = _restore_same_bytes(session, Dataset, tenant_id, staged.sha256)
+        if existing is not None:
+            return existing
+        facts = scan_npz(
+            staged.path,
+            max_member_bytes=settings.max_npz_member_bytes,
+            max_total_bytes=settings.max_npz_total_bytes,
+        )
+        stored = store.commit(staged)
     row = Dataset(
         tenant_id=tenant_id,
-        name=name or (filename or "dataset").rsplit(".", 1)[0],
+        name=name or _stem(filename, "dataset"),
         sha256=stored.sha256,
         size_bytes=stored.size,
         n=facts.n,

@@ -25,6 +25,15 @@ ENV_VARS = (
     "ROBAUDIT_SHARD_SIZE",
     "ROBAUDIT_URL",
     "ROBAUDIT_API_KEY",
+    # hostile-upload limits (issue 11)
+    "ROBAUDIT_MAX_JSON_KB",
+    "ROBAUDIT_MAX_NPZ_TOTAL_MB",
+    "ROBAUDIT_INTAKE_MAX_NODES",
+    "ROBAUDIT_INTAKE_MAX_DEPTH",
+    "ROBAUDIT_INTAKE_MEMORY_MB",
+    "ROBAUDIT_INTAKE_CPU_S",
+    "ROBAUDIT_INTAKE_WALL_S",
+    "ROBAUDIT_SWEEP_GRACE_S",
 )
 
 
@@ -43,6 +52,15 @@ class Settings:
     audit_time_limit_s: int = 6 * 3600
     shard_size: int = 512
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # hostile-upload limits (issue 11); SECURITY.md explains each one
+    max_json_bytes: int = 1 * MiB
+    max_npz_total_bytes: int = 4096 * MiB
+    intake_max_nodes: int = 100_000
+    intake_max_depth: int = 8
+    intake_memory_bytes: int = 4096 * MiB
+    intake_cpu_s: float = 60.0
+    intake_wall_s: float = 120.0
+    sweep_grace_s: float = 3600.0
 
     @property
     def artifact_dir(self) -> Path:
@@ -56,7 +74,10 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """ROBAUDIT_DATA_DIR, DATABASE_URL, REDIS_URL, ROBAUDIT_REDIS_PREFIX, ROBAUDIT_QUEUE,
         ROBAUDIT_MAX_MODEL_MB, ROBAUDIT_MAX_DATASET_MB, ROBAUDIT_AUDIT_TIME_LIMIT_S,
-        ROBAUDIT_SHARD_SIZE."""
+        ROBAUDIT_SHARD_SIZE; the hostile-upload limits ROBAUDIT_MAX_JSON_KB,
+        ROBAUDIT_MAX_NPZ_TOTAL_MB, ROBAUDIT_INTAKE_MAX_NODES, ROBAUDIT_INTAKE_MAX_DEPTH,
+        ROBAUDIT_INTAKE_MEMORY_MB, ROBAUDIT_INTAKE_CPU_S, ROBAUDIT_INTAKE_WALL_S,
+        ROBAUDIT_SWEEP_GRACE_S (SECURITY.md)."""
         env = os.environ if env is None else env
         data_dir = Path(env.get("ROBAUDIT_DATA_DIR", ".robaudit")).resolve()
         return cls(
@@ -69,6 +90,15 @@ class Settings:
             max_dataset_bytes=int(env.get("ROBAUDIT_MAX_DATASET_MB", "1024")) * MiB,
             audit_time_limit_s=int(env.get("ROBAUDIT_AUDIT_TIME_LIMIT_S", str(6 * 3600))),
             shard_size=int(env.get("ROBAUDIT_SHARD_SIZE", "512")),
+            # hostile-upload limits (issue 11)
+            max_json_bytes=int(env.get("ROBAUDIT_MAX_JSON_KB", "1024")) * 1024,
+            max_npz_total_bytes=int(env.get("ROBAUDIT_MAX_NPZ_TOTAL_MB", "4096")) * MiB,
+            intake_max_nodes=int(env.get("ROBAUDIT_INTAKE_MAX_NODES", "100000")),
+            intake_max_depth=int(env.get("ROBAUDIT_INTAKE_MAX_DEPTH", "8")),
+            intake_memory_bytes=int(env.get("ROBAUDIT_INTAKE_MEMORY_MB", "4096")) * MiB,
+            intake_cpu_s=float(env.get("ROBAUDIT_INTAKE_CPU_S", "60")),
+            intake_wall_s=float(env.get("ROBAUDIT_INTAKE_WALL_S", "120")),
+            sweep_grace_s=float(env.get("ROBAUDIT_SWEEP_GRACE_S", "3600")),
         )
 
     def with_overrides(self, **overrides: Any) -> Settings:

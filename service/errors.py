@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, json
+from flask import Flask, Response, json, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -69,8 +69,8 @@ def register(app: Flask) -> None:
         status = exc.code or 500
         detail = exc.description or exc.name
         if status == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            detail = f"the upload exceeds the limit of {limit} bytes"
+            limit = request.max_content_length
+            detail = f"the request body exceeds the limit of {limit} bytes"
         return problem_response(status, exc.name, detail)
 
     @app.errorhandler(Exception)

@@ -24,9 +24,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, ident = json.loads(raw)
-        return datetime.fromisoformat(stamp), str(ident)
+        created = datetime.fromisoformat(stamp)
     except Exception as exc:
         raise Problem(400, "Bad Request", "the cursor is not one this API returned") from exc
+    # Cursors this API writes carry an aware time and a plain id; anything else was forged
+    # and would reach the database as a naive time or a NUL byte (a 500 on PostgreSQL).
+    if created.tzinfo is None or not isinstance(ident, str) or "\x00" in ident:
+        raise Problem(400, "Bad Request", "the cursor is not one this API returned")
+    return created, ident
 
 
 def paginate(

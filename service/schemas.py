@@ -6,7 +6,39 @@ from datetime import datetime
 from typing import Any, Literal
 
 from flask_openapi3 import FileStorage
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import AwareDatetime, ConfigDict, Field, PositiveFloat, field_validator
+from pydantic import BaseModel as _PydanticModel
+
+
+class BaseModel(_PydanticModel):
+    """Every schema: finite numbers only, and text the database can store (issue 11).
+
+    NaN and Infinity (JSON allows `Infinity`, and 1e400 parses to it) are refused in every
+    float field; so are NUL characters and unpaired surrogates in every string, which
+    PostgreSQL cannot store (a 500 before) and no real id or name contains.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        for text in _strings(value):
+            if "\x00" in text:
+                raise ValueError("must not contain a NUL character")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError("must be valid Unicode text (an unpaired surrogate)") from exc
+        return value
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 class _Form(BaseModel):
@@ -83,8 +115,8 @@ class AuditListQuery(ListQuery):
     model_id: str | None = None
     model_name: str | None = None
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    created_after: AwareDatetime | None = Field(None, description="With a timezone: …Z or +00:00")
+    created_before: AwareDatetime | None = Field(None, description="With a timezone")
 
 
 class CompareQuery(BaseModel):

@@ -12,6 +12,7 @@ from celery.signals import worker_ready, worker_shutdown
 from service.config import Settings
 from service.dispatch import resend_stale
 from service.persistence.session import make_engine, make_session_factory
+from service.sweep import sweep_configured
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -24,6 +25,7 @@ def sweep_forever(app: Any, interval: float) -> None:
         try:
             with factory() as session:
                 sent = resend_stale(app, session)
+                sweep_configured(session=session, settings=Settings.from_env())
             if sent:
                 log.info("re-sent %d undispatched audit(s): %s", len(sent), ", ".join(sent))
         except Exception as exc:  # the broker or database may be down; try again later

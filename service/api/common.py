@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, current_app, jsonify
+from flask import Response, current_app, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 
 from service.auth import authenticate
 from service.config import Settings
-from service.errors import PROBLEM
+from service.errors import PROBLEM, Problem
 from service.storage import ArtifactStore
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -30,7 +30,33 @@ def blueprint(name: str, prefix: str) -> APIBlueprint:
         abp_responses=PROBLEM_RESPONSES,
     )
     bp.before_request(authenticate)
+    bp.before_request(cap_body)
     return bp
+
+
+def cap_body() -> None:
+    """Refuse an oversized non-upload body (413) before anything reads or parses it.
+
+    Uploads (multipart) keep the app-wide MAX_CONTENT_LENGTH and stream to disk under their
+    own per-file limits; every other body (JSON) gets `max_json_bytes`, also when it comes
+    chunked without a Content-Length.
+    """
+    if request.mimetype == "multipart/form-data":
+        return
+    limit = settings().max_json_bytes
+    too_large = Problem(
+        413,
+        "Content Too Large",
+        f"the request body has {request.content_length or 'more than ' + str(limit)} bytes; the "
+        f"limit for a JSON body is {limit} bytes (ROBAUDIT_MAX_JSON_KB)",
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    if request.content_length is None and request.method in ("POST", "PUT", "PATCH"):
+        # Chunked: werkzeug stops reading one byte past the limit; that byte means too large.
+        request.max_content_length = limit + 1
+        if len(request.get_data(cache=True)) > limit:
+            raise too_large
 
 
 def settings() -> Settings:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from onnx import helper
 
 from robustness import datasets
 from robustness.errors import AuditInputError, DatasetRejected, ModelRejected
 from robustness.loading import load
 from robustness.onnx_graph import inspect, load_model_bytes
+from robustness.onnx_safety import IntakeLimits
 from tests.factories import hostile
 
 
@@ -134,3 +137,75 @@ def test_dataset_outside_the_input_range_is_named() -> None:
 
     with pytest.raises(AuditInputError, match="outside the model's declared input range"):
         check_inputs(np.full((2, 4), 255.0, np.float32), np.zeros(2, np.int64), AuditSpec())
+
+
+# --- issue 11: limits checked on the raw bytes; every graph walked; npz streamed -------------
+
+
+def _peak_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) << 10
+    return 0
+
+
+def test_a_million_nodes_are_refused_from_the_bytes_before_protobuf_builds_them() -> None:
+    data = hostile.many_nodes_model(1_000_000)  # 18 MB; parsed, it took the API to 1.9 GB
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
+    before = _peak_rss()
+    with pytest.raises(ModelRejected, match="more than 100000 nodes"):
+        load_model_bytes(data)
+    assert _peak_rss() - before < 64 << 20
+
+
+def test_node_and_depth_limits_are_settings() -> None:
+    nested = hostile.deeply_nested_model(3)
+    assert inspect(load_model_bytes(nested)).num_classes == 4  # 3 deep is fine by default
+    with pytest.raises(ModelRejected, match="nests subgraphs 3 deep; the limit is 2"):
+        load_model_bytes(nested, IntakeLimits(max_depth=2))
+    with pytest.raises(ModelRejected, match="more than 5 nodes"):
+        load_model_bytes(hostile.many_nodes_model(5), IntakeLimits(max_nodes=5))
+
+
+def test_subgraphs_and_functions_that_break_no_rule_are_accepted() -> None:
+    identity = [helper.make_node("Identity", ["x"], ["y"])]
+    if_model = hostile._if_model(hostile._branch(identity)).SerializeToString()
+    fn_model = hostile._function_model([helper.make_node("Identity", ["a"], ["b"])])
+    for data in (if_model, fn_model.SerializeToString()):
+        assert inspect(load_model_bytes(data)).output_name == "scores"
+
+
+def test_runtime_shapes_pass_intake_and_are_left_to_the_sandbox() -> None:
+    """ConstantOfShape fed by Shape is only known at run time: not refusable statically."""
+    model = hostile._graph_model(
+        [
+            helper.make_node("Shape", ["x"], ["s"]),
+            helper.make_node("ConstantOfShape", ["s"], ["zeros"]),
+            helper.make_node("Add", ["x", "zeros"], ["scores"]),
+        ],
+        *hostile.SCORES_IO,
+    )
+    load_model_bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_streamed_scan_agrees_with_the_loaded_arrays(tmp_path: Path, order: str) -> None:
+    rng = np.random.default_rng(1)
+    x = np.asarray(rng.normal(size=(37, 3, 5)).astype(np.float32), order=order)
+    y = np.arange(37) % 7
+    path = _npz(tmp_path, hostile.npz_bytes(x=x, y=y))
+    facts = datasets.scan_npz(
+        path, max_member_bytes=1 << 20, max_total_bytes=1 << 20, chunk_bytes=64
+    )
+    assert facts == datasets.check_arrays(*datasets.load_npz(path, max_member_bytes=1 << 20))
+    x[30, 1, 2] = np.nan  # in the last chunk
+    path = _npz(tmp_path, hostile.npz_bytes(x=x, y=y))
+    with pytest.raises(DatasetRejected, match=r"NaN or inf values in 1 sample"):
+        datasets.scan_npz(path, max_member_bytes=1 << 20, max_total_bytes=1 << 20, chunk_bytes=64)
+
+
+def test_members_are_matched_by_exact_name(tmp_path: Path) -> None:
+    path = _npz(tmp_path, hostile.nested_member_npz())
+    with pytest.raises(DatasetRejected, match=r"found \['x.npy', 'y.npy', 'sub/x.npy'\]"):
+        datasets.load_npz(path, max_member_bytes=1 << 20)
