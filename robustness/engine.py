@@ -10,15 +10,15 @@ from itertools import pairwise
 import numpy as np
 import torch
 
-from robustness.attacks.divergence import DivergenceSearch
 from robustness.attacks.fgsm import FGSM
 from robustness.attacks.pgd import PGD
+from robustness.attacks.search import build_search, search_info
 from robustness.backends.base import ScoreBackend
 from robustness.batching import choose_batch_size
 from robustness.errors import AuditInputError
 from robustness.landscape import loss_landscape
 from robustness.spec import AuditResult, AuditSpec, Baseline, Diagnostics, EpsilonResult
-from robustness.stats import summarize
+from robustness.stats import convergence, summarize
 
 ProgressFn = Callable[[int, int, str], None]
 CancelFn = Callable[[], bool]
@@ -99,19 +99,11 @@ def run_audit(
     evidence: list[str] = []
     for e_index, eps in enumerate(spec.epsilons):
         psi = torch.zeros(n, dtype=torch.float64)
+        psi_half = torch.zeros(n, dtype=torch.float64)
         fgsm = torch.zeros(n, dtype=torch.bool)
         pgd = torch.zeros(n, dtype=torch.bool)
         alpha = spec.alpha(eps)
-        search = DivergenceSearch(
-            backend,
-            norm=spec.norm,
-            eps=eps,
-            steps=spec.steps,
-            alpha=alpha,
-            restarts=spec.restarts,
-            normalization=spec.logit_normalization,
-            bounds=bounds,
-        )
+        search = build_search(backend, spec, eps)
         for i, j in batches:
             # Seeded by the global index of the batch's first sample, so a shard of samples
             # [offset, offset+n) reproduces the same batches of an unsharded run.
@@ -122,6 +114,7 @@ def run_audit(
             with timed("divergence"):
                 outcome = search(xb, gen)
             psi[i:j] = outcome.psi
+            psi_half[i:j] = outcome.psi_half
             zero[i:j] |= outcome.zero_gradient
             nonfinite[i:j] |= outcome.nonfinite_gradient
             with timed("random_probe"):
@@ -156,6 +149,7 @@ def run_audit(
                 fgsm_accuracy=_mean(fgsm) if Baseline.FGSM in spec.baselines else None,
                 pgd_accuracy=_mean(pgd) if Baseline.PGD in spec.baselines else None,
                 per_sample=tuple(float(v) for v in psi),
+                convergence=convergence(float(psi.mean()), float(psi_half.mean()), spec.steps),
             )
         )
     landscapes = []
@@ -199,6 +193,7 @@ def run_audit(
         stage_seconds=stages,
         landscapes=tuple(landscapes),
         batch_size=size,
+        search=search_info(spec),
     )
 
 

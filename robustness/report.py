@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
-from robustness.spec import AuditResult, DivergenceSummary
+from robustness.spec import AuditResult, Convergence, DivergenceSummary
 
 
 def divergence_dict(d: DivergenceSummary) -> dict[str, Any]:
@@ -22,6 +23,8 @@ def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> d
             "fgsm_accuracy": r.fgsm_accuracy,
             "pgd_accuracy": r.pgd_accuracy,
         }
+        if r.convergence is not None:
+            item["convergence"] = convergence_dict(r.convergence)
         if include_per_sample:
             item["per_sample"] = list(r.per_sample)
         per_eps.append(item)
@@ -41,7 +44,25 @@ def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> d
         },
         "landscapes": [landscape.to_dict() for landscape in result.landscapes],
     }
+    if result.search is not None:
+        body["search"] = asdict(result.search)
     return body
+
+
+def convergence_dict(c: Convergence) -> dict[str, Any]:
+    return asdict(c)
+
+
+def merged_convergence(column: list[dict[str, Any]], sizes: list[int], steps: int) -> Any:
+    """Convergence of merged shards: ψ means weighted by shard size, judged again."""
+    from robustness.stats import convergence
+
+    if any("convergence" not in c for c in column):
+        return None
+    total = sum(sizes)
+    mean = sum(c["convergence"]["psi_mean"] * n for c, n in zip(column, sizes, strict=True))
+    half = sum(c["convergence"]["psi_mean_half"] * n for c, n in zip(column, sizes, strict=True))
+    return convergence_dict(convergence(mean / total, half / total, steps))
 
 
 def merge_results(parts: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
@@ -64,23 +85,25 @@ def merge_results(parts: list[dict[str, Any]], *, seed: int = 0) -> dict[str, An
             return None
         return sum(v * n for v, n in zip(values, sizes, strict=True)) / total
 
+    search = parts[0].get("search")
     per_eps = []
     for k, first in enumerate(parts[0]["per_epsilon"]):
         column = [p["per_epsilon"][k] for p in parts]
         psi = np.concatenate([np.asarray(c["per_sample"], dtype=np.float64) for c in column])
-        per_eps.append(
-            {
-                "epsilon": first["epsilon"],
-                "divergence": divergence_dict(summarize(psi, seed=seed)),
-                "clean_accuracy": weighted([c["clean_accuracy"] for c in column]),
-                "fgsm_accuracy": weighted([c["fgsm_accuracy"] for c in column]),
-                "pgd_accuracy": weighted([c["pgd_accuracy"] for c in column]),
-                "per_sample": psi.tolist(),
-            }
-        )
+        item = {
+            "epsilon": first["epsilon"],
+            "divergence": divergence_dict(summarize(psi, seed=seed)),
+            "clean_accuracy": weighted([c["clean_accuracy"] for c in column]),
+            "fgsm_accuracy": weighted([c["fgsm_accuracy"] for c in column]),
+            "pgd_accuracy": weighted([c["pgd_accuracy"] for c in column]),
+            "per_sample": psi.tolist(),
+        }
+        if search is not None and (merged := merged_convergence(column, sizes, search["steps"])):
+            item["convergence"] = merged
+        per_eps.append(item)
     diags = [p["diagnostics"] for p in parts]
     parities = [d["parity_max_abs_diff"] for d in diags if d["parity_max_abs_diff"] is not None]
-    return {
+    merged_result: dict[str, Any] = {
         "per_epsilon": per_eps,
         "samples": total,
         "backend": parts[0]["backend"],
@@ -97,3 +120,6 @@ def merge_results(parts: list[dict[str, Any]], *, seed: int = 0) -> dict[str, An
         },
         "landscapes": [ls for p in parts for ls in p.get("landscapes", [])],
     }
+    if search is not None:
+        merged_result["search"] = search
+    return merged_result
