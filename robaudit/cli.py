@@ -343,6 +343,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(
                 f"  search: psi grew {100 * c['relative_gain']:+.1f}% over the last half; {verdict}"
             )
+    if result.diagnostics.blackbox_note:
+        print(f"note: {result.diagnostics.blackbox_note}")
     if result.diagnostics.gradient_masking_suspected:
         print("warning: gradient masking suspected; see diagnostics in --json")
     return 0

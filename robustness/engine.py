@@ -17,7 +17,14 @@ from robustness.backends.base import ScoreBackend
 from robustness.batching import choose_batch_size
 from robustness.errors import AuditInputError
 from robustness.landscape import loss_landscape
-from robustness.spec import AuditResult, AuditSpec, Baseline, Diagnostics, EpsilonResult
+from robustness.spec import (
+    AuditResult,
+    AuditSpec,
+    Baseline,
+    Diagnostics,
+    EpsilonResult,
+    Norm,
+)
 from robustness.stats import convergence, summarize
 
 ProgressFn = Callable[[int, int, str], None]
@@ -183,6 +190,7 @@ def run_audit(
         random_search_wins=random_wins,
         parity_max_abs_diff=parity_max_abs_diff,
         evidence=tuple(evidence[:10]),
+        blackbox_note=_blackbox_note(backend, int(xt[0].numel()), spec),
     )
     return AuditResult(
         per_epsilon=tuple(per_eps),
@@ -205,6 +213,12 @@ def _batch_grid(offset: int, n: int, size: int) -> list[tuple[int, int]]:
     """
     edges = [0, *(g - offset for g in range((offset // size + 1) * size, offset + n, size)), n]
     return list(pairwise(edges))
+
+
+def _blackbox_note(backend: ScoreBackend, features: int, spec: AuditSpec) -> str | None:
+    """The finite-difference backend's measured shortfall against autograd, if material."""
+    note = getattr(backend, "gradient_note", None)
+    return note(features, spec.norm is Norm.LINF) if note is not None else None
 
 
 def _mean(mask: torch.Tensor) -> float:

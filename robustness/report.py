@@ -41,6 +41,7 @@ def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> d
             "random_search_wins": diag.random_search_wins,
             "parity_max_abs_diff": diag.parity_max_abs_diff,
             "evidence": list(diag.evidence),
+            "blackbox_note": diag.blackbox_note,
         },
         "landscapes": [landscape.to_dict() for landscape in result.landscapes],
     }
@@ -117,6 +118,9 @@ def merge_results(parts: list[dict[str, Any]], *, seed: int = 0) -> dict[str, An
             "random_search_wins": sum(d["random_search_wins"] for d in diags),
             "parity_max_abs_diff": max(parities) if parities else None,
             "evidence": [e for d in diags for e in d.get("evidence", [])][:10],
+            "blackbox_note": next(
+                (d["blackbox_note"] for d in diags if d.get("blackbox_note")), None
+            ),
         },
         "landscapes": [ls for p in parts for ls in p.get("landscapes", [])],
     }

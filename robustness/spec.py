@@ -141,6 +141,7 @@ class Diagnostics:
     random_search_wins: int
     parity_max_abs_diff: float | None
     evidence: tuple[str, ...] = ()
+    blackbox_note: str | None = None
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,11 @@ def report_html(data: dict[str, Any], store: ArtifactStore) -> str:
     )
     diag = result.get("diagnostics", {})
     convergence = _convergence_html(result)
-    evidence = "".join(f"<li>{e(str(x))}</li>" for x in diag.get("evidence", []))
+    notes = [
+        *diag.get("evidence", []),
+        *([diag["blackbox_note"]] if diag.get("blackbox_note") else []),
+    ]
+    evidence = "".join(f"<li>{e(str(x))}</li>" for x in notes)
     pictures = "".join(
         f'<figure><img alt="landscape {k}" src="data:image/png;base64,'
         f'{base64.b64encode(store.path(ls["png_sha256"]).read_bytes()).decode()}">'

@@ -20,8 +20,8 @@ the cost (one forward and one backward pass per step) and adds
 ψ per sample is the best value over all iterates and restarts. Norms: L∞ (sign steps) and
 L2 (steps along the normalized gradient).
 
-Shapes: x [N, *input_shape] in [lo, hi]; returns ψ [N] (float64 on CPU), and the best value
-reached after half of the steps, `psi_half`, for the convergence diagnostic.
+Shapes: x [N, *input_shape] in [lo, hi]; returns ψ [N] (float64 on CPU), and `psi_half`, the
+best value had every run stopped at half its steps, for the convergence diagnostic.
 
 Example::
 
@@ -132,11 +132,8 @@ class APGDDivergence:
                 start = torch.where(dead, start, toward)
             run_best, run_half = self._run(x, start)
             best = torch.fmax(best, run_best)
-            # ψ after half of all the steps of the search, counted over its runs.
-            if run < self.runs // 2:
-                half = torch.fmax(half, run_best)
-            elif run == self.runs // 2 and self.runs % 2:
-                half = torch.fmax(half, run_half)
+            # ψ had every run stopped at half its steps: the same starts, half the ascent.
+            half = torch.fmax(half, run_half)
         return DivergenceOutcome(
             psi=best.clamp_min(0.0).double().cpu(),  # rounding can leave KL a hair below 0
             zero_gradient=zero.cpu(),

@@ -48,8 +48,8 @@ def kl_from(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 class DivergenceOutcome:
     """ψ per sample plus the gradient health seen on the way.
 
-    `psi_half` is the best value after half of the search's steps (over all its restarts):
-    the convergence diagnostic compares it with ψ.
+    `psi_half` is the best value had every run (restart) of the search stopped at half its
+    steps: the convergence diagnostic compares it with ψ.
     """
 
     psi: torch.Tensor
@@ -96,18 +96,19 @@ class DivergenceSearch:
         zero = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         nonfinite = torch.zeros_like(zero)
         half = torch.zeros_like(best)
-        half_at = (self.restarts * self.steps) // 2  # counted over all restarts
         for restart in range(self.restarts):
             x_adv = random_start(x, self.eps, self.norm, self.bounds, gen)
+            run_best = torch.zeros_like(best)
             for k in range(self.steps + 1):
                 last = k == self.steps
                 x_adv.requires_grad_(not last)
                 with torch.set_grad_enabled(not last):
                     kl = neg_entropy - (p * self.log_probs(x_adv)).sum(dim=1)
-                best = torch.fmax(best, kl.detach())  # fmax: a NaN iterate never wins
-                if restart * self.steps + k == half_at:
-                    half = best.clone()
+                run_best = torch.fmax(run_best, kl.detach())  # fmax: a NaN never wins
+                if k == self.steps // 2:  # ψ had every restart stopped at half its steps
+                    half = torch.fmax(half, run_best)
                 if last:
+                    best = torch.fmax(best, run_best)
                     break
                 (grad,) = torch.autograd.grad(kl.sum(), x_adv)
                 if restart == 0 and k == 0:

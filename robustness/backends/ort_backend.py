@@ -23,6 +23,10 @@ from robustness.backends.base import to_scores
 from robustness.spec import BackendKind
 
 MAX_PERTURBED = 1 << 26
+# ψ of the default search on these gradients over ψ on autograd's, measured on 64-feature
+# digits models forced into random-direction mode (benchmarks/bench_blackbox.py, the lowest
+# over the models): {directions: (L∞ ε=0.1, L2 ε=1)}. Central differences measured 1.000.
+MEASURED_NES_RATIO = {64: (0.71, 0.85), 256: (0.91, 0.96)}
 
 
 class OrtBackend:
@@ -62,6 +66,21 @@ class OrtBackend:
         )
         self.input_name = self.session.get_inputs()[0].name
         self.batched = self._accepts_batches()
+
+    def gradient_note(self, features: int, linf: bool) -> str | None:
+        """The expected shortfall of ψ against autograd, as measured, when it is material."""
+        if features <= self.coordinate_limit:
+            return None  # central differences: within 0.1% of autograd on ReLU/max-pool CNNs
+        q = self.directions
+        near = min(MEASURED_NES_RATIO, key=lambda k: abs(k - q))
+        ratio = MEASURED_NES_RATIO[near][0 if linf else 1]
+        return (
+            f"black-box gradients from {q} random directions for {features} input features: "
+            f"with {near} directions on 64-feature digits models this search reached "
+            f"{ratio:.2f} of the autograd divergence (expected shortfall {1 - ratio:.0%}); "
+            "more features per direction fall shorter. Raise fd_directions or use the torch "
+            "backend for a tight number"
+        )
 
     def reseed(self, seed: int) -> None:
         """Restart the random-direction stream (a cached session serves many audits)."""
