@@ -54,24 +54,25 @@ class CountingBackend:
 def test_default_search_reaches_095_of_a_strong_reference_at_2x_cost(
     data: tuple[np.ndarray, np.ndarray], norm: Norm, eps: float
 ) -> None:
-    """Reference, test-sized: best of 4 runs of 100-step PGD-KL (α = ε/10, ε/40; 2 seeds).
+    """Reference, test-sized: best of 8 runs of 50-step PGD-KL (α = ε/10, ε/40; 4 seeds).
 
-    Measured (Nov 2026, this adversarially trained CNN, 64 samples): the old default reached
-    0.82-0.86 of such a reference, the new one 0.96-0.99 (full table: benchmarks/README.md).
+    Measured (Nov 2026, this PGD-trained CNN, these 48 samples): the old default reached
+    0.81 (L∞) / 0.76 (L2) of this reference, the new one 1.02 / 1.00. This reference is
+    cheaper and weaker than the benchmark's (benchmarks/README.md: new 0.955-0.99).
     """
-    x, _y = data
+    x = data[0][:48]
     backend = CountingBackend(load_cpu(to_onnx(adversarial_cnn()), x).backend)
     xt = torch.from_numpy(x)
-    ref = torch.zeros(N, dtype=torch.float64)
+    ref = torch.zeros(len(x), dtype=torch.float64)
     for alpha in (eps / 10, eps / 40):
-        long_pgd = DivergenceSearch(backend, norm=norm, eps=eps, steps=100, alpha=alpha)  # type: ignore[arg-type]
-        for seed in (0, 1):
+        long_pgd = DivergenceSearch(backend, norm=norm, eps=eps, steps=50, alpha=alpha)  # type: ignore[arg-type]
+        for seed in range(4):
             ref = torch.maximum(ref, long_pgd(xt, torch.Generator().manual_seed(seed)).psi)
     spec = AuditSpec(norm=norm, epsilons=(eps,))
     backend.gradient_rows = 0
     psi = build_search(backend, spec, eps)(xt, torch.Generator().manual_seed(0)).psi  # type: ignore[arg-type]
-    assert backend.gradient_rows / N <= 2 * spec.steps
-    assert backend.gradient_rows / N == search_info(spec).gradient_evaluations_per_sample
+    assert backend.gradient_rows / len(x) <= 2 * spec.steps
+    assert backend.gradient_rows / len(x) == search_info(spec).gradient_evaluations_per_sample
     assert float(psi.mean()) >= 0.95 * float(ref.mean())
     old = build_search(
         backend, AuditSpec(norm=norm, epsilons=(eps,), search=SearchAlgorithm.PGD_KL), eps
@@ -85,7 +86,7 @@ def test_short_search_is_not_converged_and_a_long_one_is(
     x, y = data
     model = to_onnx(natural_cnn())
     short = audit(model, x, y, epsilons=(EPS,), steps=3, baselines=METRIC_ONLY, landscape_samples=0)
-    long = audit(model, x, y, epsilons=(EPS,), steps=60, baselines=METRIC_ONLY, landscape_samples=0)
+    long = audit(model, x, y, epsilons=(EPS,), steps=40, baselines=METRIC_ONLY, landscape_samples=0)
     c_short, c_long = short.per_epsilon[0].convergence, long.per_epsilon[0].convergence
     assert c_short is not None
     assert c_long is not None
