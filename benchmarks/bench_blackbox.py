@@ -21,11 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from benchmarks.bench_search import models
-from robaudit.digits import load_split
+from robaudit.digits import load_split, to_onnx
 from robustness.attacks.divergence import normalized_log_probs
 from robustness.backends.ort_backend import OrtBackend
 from robustness.engine import run_audit
@@ -56,33 +58,80 @@ def agreement(exact: torch.Tensor, estimate: torch.Tensor) -> dict[str, float]:
     }
 
 
-def gradient_rows(torch_backend: Any, ort: OrtBackend, x: torch.Tensor) -> dict[str, Any]:
+class Digits24(nn.Module):
+    """A CNN on digits upsampled to 24×24 (576 features: random-direction mode by default)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # type: ignore[no-any-return]
+
+
+def upsampled(x: np.ndarray) -> np.ndarray:
+    t = F.interpolate(torch.from_numpy(x), size=24, mode="bilinear", align_corners=False)
+    return t.clamp(0, 1).numpy()
+
+
+def digits24_onnx(cache: Path) -> bytes:
+    path = cache / "cnn24-natural.onnx"
+    if not path.exists():
+        split = load_split()
+        torch.manual_seed(0)
+        net = Digits24()
+        opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+        x, y = torch.from_numpy(upsampled(split.x_train)), torch.from_numpy(split.y_train)
+        for _ in range(10):
+            order = torch.randperm(len(x))
+            for i in range(0, len(x), 64):
+                opt.zero_grad()
+                F.cross_entropy(net(x[order[i : i + 64]]), y[order[i : i + 64]]).backward()
+                opt.step()
+        path.write_bytes(to_onnx(net.eval(), sample_shape=(1, 24, 24)))
+    return path.read_bytes()
+
+
+def gradient_rows(
+    torch_backend: Any, ort: OrtBackend, x: torch.Tensor, settings: list[dict[str, Any]]
+) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     x_adv = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * EPS).clamp(0, 1)
     exact = kl_gradient(torch_backend, x, x_adv)
     rows: dict[str, Any] = {}
-    limit = ort.coordinate_limit
-    for h in (1e-4, 1e-3, 1e-2, 3e-2):
-        ort.fd_step = h
-        rows[f"central h={h:g}"] = agreement(exact, kl_gradient(ort, x, x_adv))
-    ort.fd_step, ort.coordinate_limit = 1e-3, 0
-    for q in (16, 64, 256):
-        ort.directions = q
-        rows[f"nes q={q}"] = agreement(exact, kl_gradient(ort, x, x_adv))
-    ort.coordinate_limit, ort.directions = limit, 64
+    for setting in settings:
+        configure(ort, setting)
+        rows[label(setting)] = agreement(exact, kl_gradient(ort, x, x_adv))
     return rows
 
 
+def configure(ort: OrtBackend, setting: dict[str, Any]) -> None:
+    ort.fd_step = setting.get("h", 1e-3)
+    ort.directions = setting.get("q", 64)
+    ort.orthogonal = setting.get("orthogonal", True)
+    ort.coordinate_limit = 256 if "q" not in setting else 0
+
+
+def label(setting: dict[str, Any]) -> str:
+    if "q" not in setting:
+        return f"central h={setting.get('h', 1e-3):g}"
+    kind = "orthogonal" if setting.get("orthogonal", True) else "gaussian"
+    return f"{kind} q={setting['q']}"
+
+
 def psi_ratio(
-    onnx_bytes: bytes, x: Any, y: Any, norm: Norm, eps: float, directions: int | None
+    onnx_bytes: bytes, x: Any, y: Any, norm: Norm, eps: float, setting: dict[str, Any]
 ) -> dict[str, float]:
-    """ψ of onnxruntime over ψ of torch; `directions` forces NES mode with that many."""
+    """ψ of onnxruntime (configured by `setting`) over ψ of torch, same samples and seed."""
     spec = AuditSpec(norm=norm, epsilons=(eps,), baselines=(Baseline.CLEAN,), landscape_samples=0)
     torch_backend = load(onnx_bytes, x[:32], device=CPU, backend=BackendKind.TORCH).backend
     ort = load(onnx_bytes, x[:32], device=CPU, backend=BackendKind.ONNXRUNTIME).backend
     assert isinstance(ort, OrtBackend)
-    if directions is not None:
-        ort.coordinate_limit, ort.directions = 0, directions
+    configure(ort, setting)
     exact = run_audit(torch_backend, x, y, spec, device=CPU).per_epsilon[0].divergence.mean
     ort.queries = 0
     start = time.perf_counter()
@@ -96,6 +145,12 @@ def psi_ratio(
     }
 
 
+SMALL_GRADIENTS = [{"h": h} for h in (1e-4, 1e-3, 1e-2, 3e-2)] + [
+    {"q": 16, "orthogonal": False}, {"q": 16},
+]  # fmt: skip
+LARGE_GRADIENTS = [{"q": q, "orthogonal": o} for q in (64, 256) for o in (False, True)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=100)
@@ -105,27 +160,32 @@ def main() -> None:
     torch.set_num_threads(1)
     split = load_split()
     x, y = split.x_test[: args.samples], split.y_test[: args.samples]
+    cases = [
+        (name, onnx_bytes, x, SMALL_GRADIENTS, [((Norm.LINF, EPS), {}), ((Norm.L2, 1.0), {})])
+        for name, onnx_bytes in models(split, args.cache).items()
+        if name in args.models
+    ]
+    large = [{"q": 64, "orthogonal": False}, {"q": 64}, {"q": 256}]
+    cases.append(
+        ("cnn24-natural", digits24_onnx(args.cache), upsampled(x), LARGE_GRADIENTS,
+         [(threat, s) for threat in ((Norm.LINF, EPS), (Norm.L2, 3.0)) for s in large])
+    )  # fmt: skip
     out = []
-    for name, onnx_bytes in models(split, args.cache).items():
-        if name not in args.models:
-            continue
-        tb = load(onnx_bytes, x[:32], device=CPU, backend=BackendKind.TORCH).backend
-        ort = load(onnx_bytes, x[:32], device=CPU, backend=BackendKind.ONNXRUNTIME).backend
+    for name, onnx_bytes, xs, gradient_settings, psi_settings in cases:
+        tb = load(onnx_bytes, xs[:32], device=CPU, backend=BackendKind.TORCH).backend
+        ort = load(onnx_bytes, xs[:32], device=CPU, backend=BackendKind.ONNXRUNTIME).backend
         assert isinstance(ort, OrtBackend)
-        grads = gradient_rows(tb, ort, torch.from_numpy(x))
+        grads = gradient_rows(tb, ort, torch.from_numpy(xs), gradient_settings)
         for key, g in grads.items():
             cos, low, signs = g["cosine_median"], g["cosine_min"], g["sign_agreement"]
             print(f"| {name} | gradient {key} | cos {cos:.4f} (min {low:.3f}) | {signs:.3f} |")
         psis = {}
-        for norm, eps in ((Norm.LINF, EPS), (Norm.L2, 1.0)):
-            for directions in (None, 64, 256):
-                key = f"{norm.value} {eps:g} " + (
-                    "central (2d queries)" if directions is None else f"nes q={directions}"
-                )
-                psis[key] = r = psi_ratio(onnx_bytes, x, y, norm, eps, directions)
-                print(f"| {name} | ψ {key} | {r['psi_onnxruntime']:.5f} / {r['psi_torch']:.5f}"
-                      f" = **{r['ratio']:.3f}** | {r['queries_per_sample']:.0f} queries/sample |",
-                      flush=True)  # fmt: skip
+        for (norm, eps), setting in psi_settings:
+            key = f"{norm.value} {eps:g} {label(setting)}"
+            psis[key] = r = psi_ratio(onnx_bytes, xs, y, norm, eps, setting)
+            print(f"| {name} | ψ {key} | {r['psi_onnxruntime']:.5f} / {r['psi_torch']:.5f}"
+                  f" = **{r['ratio']:.3f}** | {r['queries_per_sample']:.0f} queries/sample |",
+                  flush=True)  # fmt: skip
         out.append({"model": name, "gradients": grads, "psi": psis})
     (ROOT / "blackbox_results.json").write_text(json.dumps(out, indent=2))
 

@@ -155,6 +155,7 @@ def test_random_direction_mode_states_its_expected_shortfall(
     x, y = data[0][:8], data[1][:8]
     backend = load_cpu(to_onnx(natural_cnn()), x, BackendKind.ONNXRUNTIME).backend
     backend.coordinate_limit = 0  # type: ignore[attr-defined]
+    backend.directions = 16  # type: ignore[attr-defined]  # fewer than the 64 features
     spec = AuditSpec(epsilons=(EPS,), steps=2, baselines=METRIC_ONLY, landscape_samples=0)
     result = run_audit(backend, x, y, spec, device=CPU)
     note = result.diagnostics.blackbox_note
