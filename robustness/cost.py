@@ -44,12 +44,13 @@ class CostEstimate:
 def estimate_cost(spec: AuditSpec, n: int) -> CostEstimate:
     """Count the passes of run_audit for n samples under `spec`."""
     samples = min(n, spec.max_samples)
-    # metric: clean reference + the search's passes; random probes; FGSM 2/1; PGD K+1/K
+    # metric: clean reference + the search's passes; random probes (+ their own reference);
+    # FGSM 2/1; PGD K+1/K. Counted against run_audit in tests/unit/test_search_strength.py.
     search = search_info(spec)
     bwd = search.gradient_evaluations_per_sample
     # Every gradient is taken at an evaluated point; each run's last iterate is only
     # evaluated (both searches), so forwards = gradients + runs, + the clean reference.
-    fwd = 1 + bwd + search.runs + spec.random_probes
+    fwd = 1 + bwd + search.runs + 1 + spec.random_probes
     if Baseline.FGSM in spec.baselines:
         fwd, bwd = fwd + 2, bwd + 1
     if Baseline.PGD in spec.baselines:

@@ -28,15 +28,17 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 
 
 class CountingBackend:
-    """Counts the rows whose gradient the search asks for (a hook on the real scores)."""
+    """Counts forward rows, and the rows whose gradient is asked for (a hook on the scores)."""
 
     def __init__(self, inner: object) -> None:
         self.inner = inner
         self.kind, self.device = inner.kind, inner.device  # type: ignore[attr-defined]
         self.gradient_rows = 0
+        self.forward_rows = 0
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.inner.scores(x)  # type: ignore[attr-defined]
+        self.forward_rows += x.shape[0]
         if out.requires_grad:
             rows = x.shape[0]
 
@@ -162,3 +164,18 @@ def test_random_direction_mode_states_its_expected_shortfall(
     assert note is not None
     assert "expected shortfall" in note
     assert result_to_dict(result)["diagnostics"]["blackbox_note"] == note
+
+
+@pytest.mark.parametrize("search", list(SearchAlgorithm))
+def test_cost_estimate_counts_the_passes_the_engine_makes(
+    data: tuple[np.ndarray, np.ndarray], search: SearchAlgorithm
+) -> None:
+    from robustness.cost import estimate_cost
+
+    x, y = data[0][:16], data[1][:16]
+    backend = CountingBackend(load_cpu(to_onnx(natural_cnn()), x).backend)
+    spec = AuditSpec(epsilons=(EPS, 2 * EPS), steps=7, landscape_samples=0, search=search)
+    run_audit(backend, x, y, spec, device=CPU)  # type: ignore[arg-type]
+    estimate = estimate_cost(spec, len(x))
+    assert backend.forward_rows / len(x) == estimate.forward_passes_per_sample
+    assert backend.gradient_rows / len(x) == estimate.backward_passes_per_sample
