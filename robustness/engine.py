@@ -17,14 +17,7 @@ from robustness.backends.base import ScoreBackend
 from robustness.batching import choose_batch_size
 from robustness.errors import AuditInputError
 from robustness.landscape import loss_landscape
-from robustness.spec import (
-    AuditResult,
-    AuditSpec,
-    Baseline,
-    Diagnostics,
-    EpsilonResult,
-    Norm,
-)
+from robustness.spec import AuditResult, AuditSpec, Baseline, Diagnostics, EpsilonResult
 from robustness.stats import convergence, summarize
 
 ProgressFn = Callable[[int, int, str], None]
@@ -218,7 +211,7 @@ def _batch_grid(offset: int, n: int, size: int) -> list[tuple[int, int]]:
 def _blackbox_note(backend: ScoreBackend, features: int, spec: AuditSpec) -> str | None:
     """The finite-difference backend's measured shortfall against autograd, if material."""
     note = getattr(backend, "gradient_note", None)
-    return note(features, spec.norm is Norm.LINF) if note is not None else None
+    return note(features, spec.norm) if note is not None else None
 
 
 def _mean(mask: torch.Tensor) -> float:

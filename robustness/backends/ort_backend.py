@@ -22,7 +22,7 @@ import onnx
 import torch
 
 from robustness.backends.base import to_scores
-from robustness.spec import BackendKind
+from robustness.spec import BackendKind, Norm
 
 MAX_PERTURBED = 1 << 26
 # ψ of the default search on random-direction gradients over ψ on autograd's, measured on
@@ -73,14 +73,14 @@ class OrtBackend:
         self.input_name = self.session.get_inputs()[0].name
         self.batched = self._accepts_batches()
 
-    def gradient_note(self, features: int, linf: bool) -> str | None:
+    def gradient_note(self, features: int, norm: Norm) -> str | None:
         """The expected shortfall of ψ against autograd, as measured, when it is material."""
         q = self.directions
         if features <= max(self.coordinate_limit, q):
             return None  # central differences: within 0.1% of autograd on ReLU/max-pool CNNs
         scaled = q * MEASURED_FEATURES / features
         near = min(MEASURED_NES_RATIO, key=lambda k: abs(k - scaled))
-        ratio = MEASURED_NES_RATIO[near][0 if linf else 1]
+        ratio = MEASURED_NES_RATIO[near][0 if norm is Norm.LINF else 1]
         return (
             f"black-box gradients from {q} random directions for {features} input features: "
             f"with {near} directions for {MEASURED_FEATURES} features this search reached "
