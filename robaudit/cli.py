@@ -334,6 +334,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"[{d['ci95'][0]:.5f}, {d['ci95'][1]:.5f}]  clean {_pct(item['clean_accuracy'])}  "
             f"fgsm {_pct(item['fgsm_accuracy'])}  pgd {_pct(item['pgd_accuracy'])}"
         )
+        c = item.get("convergence")
+        if c is not None:
+            verdict = (
+                "converged" if c["converged"]
+                else f"NOT converged: try --steps {c['suggested_steps']}"
+            )  # fmt: skip
+            print(
+                f"  search: psi grew {100 * c['relative_gain']:+.1f}% over the last half; {verdict}"
+            )
+    if result.diagnostics.blackbox_note:
+        print(f"note: {result.diagnostics.blackbox_note}")
     if result.diagnostics.gradient_masking_suspected:
         print("warning: gradient masking suspected; see diagnostics in --json")
     return 0

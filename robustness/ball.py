@@ -41,11 +41,16 @@ def random_corner(
     return (x + eps * signs).clamp(*bounds)
 
 
+def unit_step(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """The steepest-ascent direction of unit size in the given norm (L∞: sign; L2: ĝ)."""
+    if norm is Norm.LINF:
+        return grad.sign()
+    return grad / _per_sample_norm(grad)
+
+
 def ascend(x_adv: torch.Tensor, grad: torch.Tensor, alpha: float, norm: Norm) -> torch.Tensor:
     """One steepest-ascent step of size α in the given norm."""
-    if norm is Norm.LINF:
-        return x_adv + alpha * grad.sign()
-    return x_adv + alpha * grad / _per_sample_norm(grad)
+    return x_adv + alpha * unit_step(grad, norm)
 
 
 def project(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from robustness.attacks.budget import search_info
 from robustness.spec import AuditSpec, Baseline
 
 
@@ -43,9 +44,13 @@ class CostEstimate:
 def estimate_cost(spec: AuditSpec, n: int) -> CostEstimate:
     """Count the passes of run_audit for n samples under `spec`."""
     samples = min(n, spec.max_samples)
-    # metric: clean reference + (K+1) per restart; random probes; FGSM 2 fwd/1 bwd; PGD K+1/K
-    fwd = spec.restarts * (spec.steps + 1) + 1 + spec.random_probes
-    bwd = spec.restarts * spec.steps
+    # metric: clean reference + the search's passes; random probes (+ their own reference);
+    # FGSM 2/1; PGD K+1/K. Counted against run_audit in tests/unit/test_search_strength.py.
+    search = search_info(spec)
+    bwd = search.gradient_evaluations_per_sample
+    # Every gradient is taken at an evaluated point; each run's last iterate is only
+    # evaluated (both searches), so forwards = gradients + runs, + the clean reference.
+    fwd = 1 + bwd + search.runs + 1 + spec.random_probes
     if Baseline.FGSM in spec.baselines:
         fwd, bwd = fwd + 2, bwd + 1
     if Baseline.PGD in spec.baselines:

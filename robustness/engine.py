@@ -11,15 +11,16 @@ import numpy as np
 import torch
 
 from robustness import degeneracy
-from robustness.attacks.divergence import DivergenceSearch, normalized_log_probs
+from robustness.attacks.divergence import normalized_log_probs
 from robustness.attacks.fgsm import FGSM
 from robustness.attacks.pgd import PGD
+from robustness.attacks.search import build_search, search_info
 from robustness.backends.base import ScoreBackend
 from robustness.batching import choose_batch_size
 from robustness.errors import AuditInputError
 from robustness.landscape import loss_landscape
 from robustness.spec import AuditResult, AuditSpec, Baseline, Diagnostics, EpsilonResult
-from robustness.stats import summarize
+from robustness.stats import convergence, summarize
 
 ProgressFn = Callable[[int, int, str], None]
 CancelFn = Callable[[], bool]
@@ -104,19 +105,11 @@ def run_audit(
     evidence: list[str] = []
     for e_index, eps in enumerate(spec.epsilons):
         psi = torch.zeros(n, dtype=torch.float64)
+        psi_half = torch.zeros(n, dtype=torch.float64)
         fgsm = torch.zeros(n, dtype=torch.bool)
         pgd = torch.zeros(n, dtype=torch.bool)
         alpha = spec.alpha(eps)
-        search = DivergenceSearch(
-            backend,
-            norm=spec.norm,
-            eps=eps,
-            steps=spec.steps,
-            alpha=alpha,
-            restarts=spec.restarts,
-            normalization=spec.logit_normalization,
-            bounds=bounds,
-        )
+        search = build_search(backend, spec, eps)
         for i, j in batches:
             # Seeded by the global index of the batch's first sample, so a shard of samples
             # [offset, offset+n) reproduces the same batches of an unsharded run.
@@ -127,6 +120,7 @@ def run_audit(
             with timed("divergence"):
                 outcome = search(xb, gen)
             psi[i:j] = outcome.psi
+            psi_half[i:j] = outcome.psi_half
             zero[i:j] |= outcome.zero_gradient
             nonfinite[i:j] |= outcome.nonfinite_gradient
             with timed("random_probe"):
@@ -161,6 +155,7 @@ def run_audit(
                 fgsm_accuracy=_mean(fgsm) if Baseline.FGSM in spec.baselines else None,
                 pgd_accuracy=_mean(pgd) if Baseline.PGD in spec.baselines else None,
                 per_sample=tuple(float(v) for v in psi),
+                convergence=convergence(float(psi.mean()), float(psi_half.mean()), spec.steps),
             )
         )
     landscapes = []
@@ -210,6 +205,7 @@ def run_audit(
         parity_max_abs_diff=parity_max_abs_diff,
         evidence=tuple(evidence[:10]),
         degenerate=degenerate,
+        blackbox_note=_blackbox_note(backend, int(xt[0].numel()), spec),
     )
     return AuditResult(
         per_epsilon=tuple(per_eps),
@@ -220,6 +216,7 @@ def run_audit(
         stage_seconds=stages,
         landscapes=tuple(landscapes),
         batch_size=size,
+        search=search_info(spec),
     )
 
 
@@ -231,6 +228,12 @@ def _batch_grid(offset: int, n: int, size: int) -> list[tuple[int, int]]:
     """
     edges = [0, *(g - offset for g in range((offset // size + 1) * size, offset + n, size)), n]
     return list(pairwise(edges))
+
+
+def _blackbox_note(backend: ScoreBackend, features: int, spec: AuditSpec) -> str | None:
+    """The finite-difference backend's measured shortfall against autograd, if material."""
+    note = getattr(backend, "gradient_note", None)
+    return note(features, spec.norm) if note is not None else None
 
 
 def _mean(mask: torch.Tensor) -> float:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from robustness import degeneracy
-from robustness.spec import AuditResult, DivergenceSummary
+from robustness.spec import AuditResult, Convergence, DivergenceSummary
 
 DEAD_GRADIENT_KEYS = ("zero_gradient_fraction", "nonfinite_gradient_fraction")
 
@@ -25,6 +26,8 @@ def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> d
             "fgsm_accuracy": r.fgsm_accuracy,
             "pgd_accuracy": r.pgd_accuracy,
         }
+        if r.convergence is not None:
+            item["convergence"] = convergence_dict(r.convergence)
         if include_per_sample:
             item["per_sample"] = list(r.per_sample)
         per_eps.append(item)
@@ -42,11 +45,30 @@ def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> d
             "parity_max_abs_diff": diag.parity_max_abs_diff,
             "evidence": list(diag.evidence),
             "degenerate": diag.degenerate.to_dict() if diag.degenerate else None,
+            "blackbox_note": diag.blackbox_note,
         },
         "verdict": degeneracy.verdict(diag.degenerate).value,
         "landscapes": [landscape.to_dict() for landscape in result.landscapes],
     }
+    if result.search is not None:
+        body["search"] = asdict(result.search)
     return body
+
+
+def convergence_dict(c: Convergence) -> dict[str, Any]:
+    return asdict(c)
+
+
+def merged_convergence(column: list[dict[str, Any]], sizes: list[int], steps: int) -> Any:
+    """Convergence of merged shards: ψ means weighted by shard size, judged again."""
+    from robustness.stats import convergence
+
+    if any("convergence" not in c for c in column):
+        return None
+    total = sum(sizes)
+    mean = sum(c["convergence"]["psi_mean"] * n for c, n in zip(column, sizes, strict=True))
+    half = sum(c["convergence"]["psi_mean_half"] * n for c, n in zip(column, sizes, strict=True))
+    return convergence_dict(convergence(mean / total, half / total, steps))
 
 
 def merge_results(parts: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
@@ -69,26 +91,28 @@ def merge_results(parts: list[dict[str, Any]], *, seed: int = 0) -> dict[str, An
             return None
         return sum(v * n for v, n in zip(values, sizes, strict=True)) / total
 
+    search = parts[0].get("search")
     per_eps = []
     for k, first in enumerate(parts[0]["per_epsilon"]):
         column = [p["per_epsilon"][k] for p in parts]
         psi = np.concatenate([np.asarray(c["per_sample"], dtype=np.float64) for c in column])
-        per_eps.append(
-            {
-                "epsilon": first["epsilon"],
-                "divergence": divergence_dict(summarize(psi, seed=seed)),
-                "clean_accuracy": weighted([c["clean_accuracy"] for c in column]),
-                "fgsm_accuracy": weighted([c["fgsm_accuracy"] for c in column]),
-                "pgd_accuracy": weighted([c["pgd_accuracy"] for c in column]),
-                "per_sample": psi.tolist(),
-            }
-        )
+        item = {
+            "epsilon": first["epsilon"],
+            "divergence": divergence_dict(summarize(psi, seed=seed)),
+            "clean_accuracy": weighted([c["clean_accuracy"] for c in column]),
+            "fgsm_accuracy": weighted([c["fgsm_accuracy"] for c in column]),
+            "pgd_accuracy": weighted([c["pgd_accuracy"] for c in column]),
+            "per_sample": psi.tolist(),
+        }
+        if search is not None and (merged := merged_convergence(column, sizes, search["steps"])):
+            item["convergence"] = merged
+        per_eps.append(item)
     diags = [p["diagnostics"] for p in parts]
     parities = [d["parity_max_abs_diff"] for d in diags if d["parity_max_abs_diff"] is not None]
     # An all-zero and a non-finite gradient never coincide, so the fractions add up.
     dead = sum(weighted([d[k] for d in diags]) or 0.0 for k in DEAD_GRADIENT_KEYS)
     degenerate = degeneracy.merged([d.get("degenerate") for d in diags], dead)
-    return {
+    merged_result: dict[str, Any] = {
         "per_epsilon": per_eps,
         "samples": total,
         "backend": parts[0]["backend"],
@@ -103,7 +127,13 @@ def merge_results(parts: list[dict[str, Any]], *, seed: int = 0) -> dict[str, An
             "parity_max_abs_diff": max(parities) if parities else None,
             "evidence": [e for d in diags for e in d.get("evidence", [])][:10],
             "degenerate": degenerate.to_dict() if degenerate else None,
+            "blackbox_note": next(
+                (d["blackbox_note"] for d in diags if d.get("blackbox_note")), None
+            ),
         },
         "verdict": degeneracy.verdict(degenerate).value,
         "landscapes": [ls for p in parts for ls in p.get("landscapes", [])],
     }
+    if search is not None:
+        merged_result["search"] = search
+    return merged_result

@@ -34,6 +34,13 @@ class BackendKind(StrEnum):
     ONNXRUNTIME = "onnxruntime"
 
 
+class SearchAlgorithm(StrEnum):
+    """How ψ is searched for: APGD on the KL (the default), or the plain PGD of before."""
+
+    APGD_KL = "apgd-kl"
+    PGD_KL = "pgd-kl"
+
+
 class Baseline(StrEnum):
     """Conventional accuracies reported beside the metric."""
 
@@ -62,6 +69,7 @@ class AuditSpec:
     landscape_samples: int = 4
     landscape_resolution: int = 21
     landscape_span: float = 2.0
+    search: SearchAlgorithm = SearchAlgorithm.APGD_KL
 
     def __post_init__(self) -> None:
         if not self.epsilons or any(e <= 0 for e in self.epsilons):
@@ -89,6 +97,29 @@ class DivergenceSummary:
 
 
 @dataclass(frozen=True)
+class Convergence:
+    """Did the search level off? Mean ψ after half of its steps against mean ψ at the end."""
+
+    psi_mean_half: float
+    psi_mean: float
+    relative_gain: float
+    converged: bool
+    suggested_steps: int | None
+
+
+@dataclass(frozen=True)
+class SearchInfo:
+    """The search that produced ψ: its versioned algorithm and what it spent per sample."""
+
+    algorithm: str
+    steps: int
+    restarts: int
+    runs: int
+    steps_per_run: int
+    gradient_evaluations_per_sample: int
+
+
+@dataclass(frozen=True)
 class EpsilonResult:
     """One ε of an audit: the metric and the conventional accuracies beside it."""
 
@@ -98,6 +129,7 @@ class EpsilonResult:
     fgsm_accuracy: float | None
     pgd_accuracy: float | None
     per_sample: tuple[float, ...] = field(repr=False)
+    convergence: Convergence | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +143,7 @@ class Diagnostics:
     parity_max_abs_diff: float | None
     evidence: tuple[str, ...] = ()
     degenerate: Degeneracy | None = None  # set: ψ says nothing about robustness
+    blackbox_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +158,7 @@ class AuditResult:
     stage_seconds: dict[str, float]
     landscapes: tuple[Landscape, ...] = ()
     batch_size: int = 0
+    search: SearchInfo | None = None
 
 
 def spec_from_config(config: Mapping[str, Any], input_range: Sequence[float]) -> AuditSpec:
@@ -145,4 +179,5 @@ def spec_from_config(config: Mapping[str, Any], input_range: Sequence[float]) ->
         landscape_samples=int(landscape.get("samples", 4)),
         landscape_resolution=int(landscape.get("resolution", 21)),
         landscape_span=float(landscape.get("span", 2.0)),
+        search=SearchAlgorithm(config.get("search", SearchAlgorithm.APGD_KL.value)),
     )

@@ -117,7 +117,12 @@ def report_html(data: dict[str, Any], store: ArtifactStore) -> str:
         for p in result.get("per_epsilon", [])
     )
     diag = result.get("diagnostics", {})
-    evidence = "".join(f"<li>{e(str(x))}</li>" for x in diag.get("evidence", []))
+    convergence = _convergence_html(result)
+    notes = [
+        *diag.get("evidence", []),
+        *([diag["blackbox_note"]] if diag.get("blackbox_note") else []),
+    ]
+    evidence = "".join(f"<li>{e(str(x))}</li>" for x in notes)
     pictures = "".join(
         f'<figure><img alt="landscape {k}" src="data:image/png;base64,'
         f'{base64.b64encode(store.path(ls["png_sha256"]).read_bytes()).decode()}">'
@@ -154,10 +159,35 @@ th{{background:#f4f4f4}}figure{{display:inline-block;margin:0 1rem 1rem 0}}img{{
 <th>clean</th><th>FGSM</th><th>PGD</th></tr>{rows}</table>
 <h2>Diagnostics</h2>
 <p class="{warn}">{masking}</p>
+{convergence}
 <ul>{evidence}</ul>
 <h2>Loss and decision surfaces</h2>{pictures or "<p>none</p>"}
 <h2>Manifest</h2><pre>{e(_pretty(result.get("manifest", {})))}</pre>
 </body></html>"""
+
+
+def _convergence_html(result: dict[str, Any]) -> str:
+    """Per ε: how much ψ still grew over the second half of the search, and a hint if it did."""
+    search = result.get("search") or {"algorithm": "pgd-kl/1 (recorded before versioning)"}
+    rows = []
+    for p in result.get("per_epsilon", []):
+        c = p.get("convergence")
+        if c is None:
+            rows.append(f"<tr><td>{p['epsilon']:g}</td><td colspan=4>not recorded</td></tr>")
+            continue
+        verdict = (
+            "yes" if c["converged"] else f"<b class=warn>no</b>: try {c['suggested_steps']} steps"
+        )
+        rows.append(
+            f"<tr><td>{p['epsilon']:g}</td><td>{c['psi_mean_half']:.5f}</td>"
+            f"<td>{c['psi_mean']:.5f}</td><td>{100 * c['relative_gain']:+.1f}%</td>"
+            f"<td>{verdict}</td></tr>"
+        )
+    return (
+        f"<p>Search: {html.escape(str(search['algorithm']))}. Convergence: mean divergence after "
+        "half of the search's steps and at its end.</p><table><tr><th>ε</th><th>ψ at half</th>"
+        f"<th>ψ at end</th><th>growth</th><th>converged</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def _pct(value: float | None) -> str:

@@ -20,11 +20,13 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from robustness.attacks.budget import PGD_KL
 from robustness.backends.base import ScoreBackend
 from robustness.ball import ascend, project, random_corner, random_start
 from robustness.spec import LogitNormalization, Norm
@@ -44,15 +46,26 @@ def kl_from(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DivergenceOutcome:
-    """ψ per sample plus the gradient health seen on the way."""
+    """ψ per sample plus the gradient health seen on the way.
+
+    `psi_half` is the best value had every run (restart) of the search stopped at half its
+    steps: the convergence diagnostic compares it with ψ.
+    """
 
     psi: torch.Tensor
     zero_gradient: torch.Tensor
     nonfinite_gradient: torch.Tensor
+    psi_half: torch.Tensor
 
 
 class DivergenceSearch:
-    """Projected gradient ascent on KL(p(x) ‖ p(x')) with best-over-iterates."""
+    """Projected gradient ascent on KL(p(x) ‖ p(x')) with best-over-iterates.
+
+    The default search until Nov 2026; now the strong reference's building block and an
+    explicit choice (`search="pgd-kl"`).
+    """
+
+    algorithm = PGD_KL
 
     def __init__(
         self,
@@ -82,15 +95,20 @@ class DivergenceSearch:
         best = torch.zeros(x.shape[0], device=x.device)
         zero = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         nonfinite = torch.zeros_like(zero)
+        half = torch.zeros_like(best)
         for restart in range(self.restarts):
             x_adv = random_start(x, self.eps, self.norm, self.bounds, gen)
+            run_best = torch.zeros_like(best)
             for k in range(self.steps + 1):
                 last = k == self.steps
                 x_adv.requires_grad_(not last)
                 with torch.set_grad_enabled(not last):
                     kl = neg_entropy - (p * self.log_probs(x_adv)).sum(dim=1)
-                best = torch.fmax(best, kl.detach())  # fmax: a NaN iterate never wins
+                run_best = torch.fmax(run_best, kl.detach())  # fmax: a NaN never wins
+                if k == self.steps // 2:  # ψ had every restart stopped at half its steps
+                    half = torch.fmax(half, run_best)
                 if last:
+                    best = torch.fmax(best, run_best)
                     break
                 (grad,) = torch.autograd.grad(kl.sum(), x_adv)
                 if restart == 0 and k == 0:
@@ -108,16 +126,31 @@ class DivergenceSearch:
                     )
         best = best.clamp_min(0.0).double()  # rounding can leave KL a hair below 0
         return DivergenceOutcome(
-            psi=best.cpu(), zero_gradient=zero.cpu(), nonfinite_gradient=nonfinite.cpu()
+            psi=best.cpu(),
+            zero_gradient=zero.cpu(),
+            nonfinite_gradient=nonfinite.cpu(),
+            psi_half=half.clamp_min(0.0).double().cpu(),
         )
 
     def random_probe(self, x: torch.Tensor, gen: torch.Generator, probes: int) -> torch.Tensor:
-        """The largest KL that `probes` random full-budget noise vectors reach, per sample."""
-        best = torch.zeros(x.shape[0], dtype=torch.float64)
-        with torch.inference_mode():
-            log_p = self.log_probs(x)
-            for _ in range(probes):
-                x_noise = random_corner(x, self.eps, self.norm, self.bounds, gen)
-                kl = kl_from(log_p, self.log_probs(x_noise)).double().cpu()
-                best = torch.maximum(best, torch.nan_to_num(kl, nan=0.0))
-        return best
+        return random_probe(self.log_probs, x, gen, probes, self.eps, self.norm, self.bounds)
+
+
+def random_probe(
+    log_probs: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    gen: torch.Generator,
+    probes: int,
+    eps: float,
+    norm: Norm,
+    bounds: tuple[float, float],
+) -> torch.Tensor:
+    """The largest KL that `probes` random full-budget noise vectors reach, per sample."""
+    best = torch.zeros(x.shape[0], dtype=torch.float64)
+    with torch.inference_mode():
+        log_p = log_probs(x)
+        for _ in range(probes):
+            x_noise = random_corner(x, eps, norm, bounds, gen)
+            kl = kl_from(log_p, log_probs(x_noise)).double().cpu()
+            best = torch.maximum(best, torch.nan_to_num(kl, nan=0.0))
+    return best

@@ -216,9 +216,10 @@ def test_create_and_read_an_audit(
     assert created["status"] == "queued"
     assert created["dispatched"] is True
     assert created["links"]["self"] == f"/v1/audits/{created['id']}"
-    # 1 ε: clean 1 + metric (21 fwd + 1 reference + 8 probes) + FGSM 2 + PGD 21 = 54 forwards
-    assert created["estimate"]["forward_passes_per_sample"] == 54
-    assert created["estimate"]["backward_passes_per_sample"] == 20 + 1 + 20
+    # 1 ε: clean 1 + metric (apgd-kl/1 at K=20: 40 gradients at evaluated points + 3 run
+    # ends + 1 reference + 8 probes and their reference = 53) + FGSM 2 + PGD 21 = 77 forwards
+    assert created["estimate"]["forward_passes_per_sample"] == 77
+    assert created["estimate"]["backward_passes_per_sample"] == 40 + 1 + 20
     assert created["estimate"]["samples"] == 16
     audit = client.get(created["links"]["self"], headers=auth).get_json()
     assert audit["config"]["epsilons"] == [0.03]
