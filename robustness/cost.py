@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from robustness.attacks.budget import search_info
 from robustness.spec import AuditSpec, Baseline
 
+# Samples the degeneracy check re-scores under noise, once per engine call; defined here so
+# that robustness/degeneracy.py and this estimate count the same rows.
+DEGENERACY_NOISE_SAMPLES = 16
+
 
 @dataclass(frozen=True)
 class CostEstimate:
@@ -17,11 +21,12 @@ class CostEstimate:
     backward_passes_per_sample: int
     landscapes: int
     landscape_resolution: int
+    noise_probe_rows: int = 0
 
     @property
     def forward_passes(self) -> int:
         grid = self.landscapes * (1 + self.landscape_resolution**2)
-        return self.samples * self.forward_passes_per_sample + grid
+        return self.samples * self.forward_passes_per_sample + grid + self.noise_probe_rows
 
     @property
     def backward_passes(self) -> int:
@@ -63,4 +68,5 @@ def estimate_cost(spec: AuditSpec, n: int) -> CostEstimate:
         backward_passes_per_sample=per_eps * bwd,
         landscapes=min(spec.landscape_samples, samples),
         landscape_resolution=spec.landscape_resolution,
+        noise_probe_rows=min(DEGENERACY_NOISE_SAMPLES, samples),
     )

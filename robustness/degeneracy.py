@@ -23,6 +23,7 @@ import torch
 
 from robustness.attacks.divergence import normalized_log_probs
 from robustness.backends.base import ScoreBackend
+from robustness.cost import DEGENERACY_NOISE_SAMPLES
 from robustness.spec import LogitNormalization
 
 # log p of a float32 softmax over ~1000 classes carries rounding of about 1e-6; a model whose
@@ -30,7 +31,7 @@ from robustness.spec import LogitNormalization
 CONSTANT_TOLERANCE = 1e-5
 # "Most samples": above half, the search's mean is mostly the random start's value.
 VANISHING_FRACTION = 0.5
-NOISE_SAMPLES = 16
+NOISE_SAMPLES = DEGENERACY_NOISE_SAMPLES
 
 
 class DegeneracyKind(StrEnum):
