@@ -68,7 +68,7 @@ def run_audit(
     batches = _batch_grid(sample_offset, n, size)
     bounds = spec.input_range
     stages = dict.fromkeys(("divergence", "random_probe", "clean", "fgsm", "pgd", "landscape"), 0.0)
-    total = n * len(spec.epsilons)  # progress counts samples done, per ε
+    total = n * (len(spec.epsilons) + 1)  # progress counts samples done: clean, then per ε
     done = 0
 
     def tick(stage: str, samples: int) -> None:
@@ -90,7 +90,7 @@ def run_audit(
         xb, yb = xt[i:j].to(device), yt[i:j].to(device)
         with torch.inference_mode(), timed("clean"):
             clean[i:j] = (backend.scores(xb).argmax(1) == yb).cpu()
-        tick("clean", 0)
+        tick("clean", j - i)
 
     per_eps: list[EpsilonResult] = []
     zero = torch.zeros(n, dtype=torch.bool)

@@ -25,6 +25,12 @@ ENV_VARS = (
     "ROBAUDIT_SHARD_SIZE",
     "ROBAUDIT_URL",
     "ROBAUDIT_API_KEY",
+    # lifecycle (issue 10)
+    "ROBAUDIT_STALE_AFTER_S",
+    "ROBAUDIT_HEARTBEAT_S",
+    "ROBAUDIT_MAX_SHARD_ATTEMPTS",
+    "ROBAUDIT_TORCH_THREADS",
+    "ROBAUDIT_WORKER_PROCESSES",
 )
 
 
@@ -42,6 +48,13 @@ class Settings:
     max_npz_member_bytes: int = 4096 * MiB
     audit_time_limit_s: int = 6 * 3600
     shard_size: int = 512
+    # lifecycle (issue 10)
+    stale_after_s: float = 60.0  # a shard or model inspection silent this long: its worker is gone
+    heartbeat_s: float = 2.0  # running shards heartbeat and read the cancel flag this often
+    max_shard_attempts: int = 3  # a shard whose process died this often fails its audit
+    sweep_interval_s: float = 30.0
+    torch_threads: int | None = None  # None: CPUs this worker may use / workers on the host
+    worker_processes: int | None = None  # None: counted from the host's robaudit workers
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -56,7 +69,9 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """ROBAUDIT_DATA_DIR, DATABASE_URL, REDIS_URL, ROBAUDIT_REDIS_PREFIX, ROBAUDIT_QUEUE,
         ROBAUDIT_MAX_MODEL_MB, ROBAUDIT_MAX_DATASET_MB, ROBAUDIT_AUDIT_TIME_LIMIT_S,
-        ROBAUDIT_SHARD_SIZE."""
+        ROBAUDIT_SHARD_SIZE; lifecycle: ROBAUDIT_STALE_AFTER_S, ROBAUDIT_HEARTBEAT_S,
+        ROBAUDIT_MAX_SHARD_ATTEMPTS, ROBAUDIT_SWEEP_INTERVAL_S, ROBAUDIT_TORCH_THREADS,
+        ROBAUDIT_WORKER_PROCESSES."""
         env = os.environ if env is None else env
         data_dir = Path(env.get("ROBAUDIT_DATA_DIR", ".robaudit")).resolve()
         return cls(
@@ -69,6 +84,13 @@ class Settings:
             max_dataset_bytes=int(env.get("ROBAUDIT_MAX_DATASET_MB", "1024")) * MiB,
             audit_time_limit_s=int(env.get("ROBAUDIT_AUDIT_TIME_LIMIT_S", str(6 * 3600))),
             shard_size=int(env.get("ROBAUDIT_SHARD_SIZE", "512")),
+            # lifecycle (issue 10)
+            stale_after_s=float(env.get("ROBAUDIT_STALE_AFTER_S", "60")),
+            heartbeat_s=float(env.get("ROBAUDIT_HEARTBEAT_S", "2")),
+            max_shard_attempts=int(env.get("ROBAUDIT_MAX_SHARD_ATTEMPTS", "3")),
+            sweep_interval_s=float(env.get("ROBAUDIT_SWEEP_INTERVAL_S", "30")),
+            torch_threads=_optional_int(env.get("ROBAUDIT_TORCH_THREADS")),
+            worker_processes=_optional_int(env.get("ROBAUDIT_WORKER_PROCESSES")),
         )
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -77,3 +99,7 @@ class Settings:
     def ensure_dirs(self) -> None:
         for d in (self.data_dir, self.artifact_dir, self.broker_dir):
             d.mkdir(parents=True, exist_ok=True)
+
+
+def _optional_int(value: str | None) -> int | None:
+    return int(value) if value else None
