@@ -1,0 +1,121 @@
+"""The sandbox's child process (`python -m service.sandbox_child REQ_FD RESP_FD`).
+
+It limits itself before it reads any request, because the requests carry uploaded models:
+rlimits on memory and file size, no core dumps, Landlock on files and TCP, and a thread that
+ends it when its parent dies. Then it runs one requested function at a time and answers in
+JSON lines (service/sandbox.py holds the protocol and the parent side).
+
+Nothing here imports torch, Flask or SQLAlchemy: the targets import what they need.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from service import landlock
+
+# What a Python process with torch and onnxruntime reads outside its own installation.
+SYSTEM_READ = (
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/alternatives",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/etc/group",
+    "/proc/cpuinfo",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/self",  # resolved to this process's own entry: other processes stay unreadable
+    "/sys/devices/system/cpu",
+    "/sys/fs/cgroup",
+    "/dev/urandom",
+)
+# Devices it may write: the null device, POSIX shared memory and the NVIDIA driver nodes.
+DEVICES_RW = ("/dev/null", "/dev/shm", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia0")  # noqa: S108
+
+
+def _self_limit(setup: dict[str, Any]) -> None:
+    memory = int(setup["memory_bytes"])
+    if setup.get("address_space_cap", True):
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    file_cap = int(setup["max_file_bytes"])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_cap, file_cap))
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker killed with -9 must not leave its model running: watch the parent's pid."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="sandbox-parent-watch", daemon=True).start()
+
+
+def _restrict(setup: dict[str, Any]) -> int:
+    sources = (*SYSTEM_READ, *setup["prefixes"], *setup["code_read"], *setup["readable"])
+    read = [Path(p) for p in sources]
+    write = [Path(setup["workdir"]), *(Path(p) for p in DEVICES_RW)]
+    if setup.get("landlock", True):
+        return landlock.restrict(read=read, write=write)
+    return 0
+
+
+def _resolve(target: str) -> Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], Any]:
+    module, _, name = target.partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    if not callable(fn):
+        raise TypeError(f"{target} is not callable")
+    return fn
+
+
+def _serve(requests: IO[bytes], responses: IO[bytes]) -> None:
+    def send(message: dict[str, Any]) -> None:
+        responses.write(json.dumps(message).encode() + b"\n")
+        responses.flush()
+
+    def emit(event: dict[str, Any]) -> None:
+        send({"type": "event", "event": event})
+
+    for line in requests:
+        request = json.loads(line)
+        try:
+            value = _resolve(request["target"])(request["payload"], emit)
+            send({"type": "result", "value": value})
+        except BaseException as exc:  # every failure goes back to the parent, by name
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            send({"type": "error", "kind": type(exc).__name__, "message": str(exc)[:4000]})
+
+
+def main(argv: list[str]) -> int:
+    requests = os.fdopen(int(argv[1]), "rb")
+    responses = os.fdopen(int(argv[2]), "wb")
+    setup = json.loads(requests.readline())
+    _self_limit(setup)
+    _die_with_parent(int(setup["parent_pid"]))
+    version = _restrict(setup)
+    # Imports must find the project through the links in the work directory only.
+    sys.path[:] = [setup["code_dir"], *setup["library_path"]]
+    responses.write(json.dumps({"type": "ready", "landlock": version}).encode() + b"\n")
+    responses.flush()
+    _serve(requests, responses)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
