@@ -137,7 +137,6 @@ def _range(text: str) -> tuple[float, float]:
 def cmd_db_upgrade(_args: argparse.Namespace) -> int:
     from service.config import Settings
     from service.persistence.migrate import upgrade
-    from service.queue import queue_names
 
     settings = Settings.from_env()
     settings.ensure_dirs()

@@ -26,7 +26,7 @@ from robustness.report import merge_results
 from service.config import Settings
 from service.persistence.models import Audit, AuditShard, AuditStatus, ShardStatus, utcnow
 from service.storage import ArtifactStore
-from worker import leases, render, runner
+from worker import leases, render, runner, sandboxed
 from worker.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -166,15 +166,6 @@ class _Beat:
         return stop
 
 
-def _died(returncode: int | None) -> str:
-    if returncode is not None and returncode < 0:
-        import signal
-
-        name = signal.Signals(-returncode).name
-        return f"its process was killed by signal {-returncode} ({name})"
-    return f"its process exited with status {returncode}"
-
-
 def _shard_label(position: int, claim: leases.Claim) -> str:
     return f"shard {position} (samples {claim.start}–{claim.stop - 1})"
 
@@ -220,6 +211,7 @@ def execute_shard(
         "output": audit.model.requested_output,
         "max_member_bytes": settings.max_npz_member_bytes,
         "threads": torch_threads(settings),
+        "device": str(sandboxed.device()),
     }
     session.commit()  # no transaction stays open while the child runs
     beat = _Beat(session, audit_id, claim.shard_id, worker, settings.heartbeat_s)
@@ -243,15 +235,15 @@ def execute_shard(
     except runner.LimitExceeded as exc:
         if exc.limit == "wall":
             return _fail(session, audit_id, _time_limit(settings))
-        return _fail(session, audit_id, f"{label} exceeded the sandbox's {exc.limit} limit: {exc}")
+        return _fail(session, audit_id, f"{label}: {exc}")
     except runner.ChildRaised as exc:
         if exc.kind in INPUT_ERRORS:
             return _fail(session, audit_id, exc.message)
         return _fail(session, audit_id, f"internal error in {label}: {exc.kind}: {exc.message}")
     except runner.ChildFailed as exc:
-        leases.release_shard(session, claim.shard_id, worker, _died(exc.returncode))
+        leases.release_shard(session, claim.shard_id, worker, str(exc)[:1000])
         return "retry"
-    return _store(session, store, audit_id, claim, worker, body)
+    return _store(session, store, settings, audit_id, claim, worker, body)
 
 
 def _time_limit(settings: Settings) -> str:
@@ -269,6 +261,7 @@ def _fail(session: Session, audit_id: str, error: str) -> Outcome:
 def _store(
     session: Session,
     store: ArtifactStore,
+    settings: Settings,
     audit_id: str,
     claim: leases.Claim,
     worker: str,
@@ -278,6 +271,11 @@ def _store(
         png = render.landscape_png(landscape)
         landscape["png_sha256"] = store.save_stream(io.BytesIO(png), max_bytes=len(png)).sha256
     if not leases.complete_shard(session, audit_id, claim.shard_id, worker, body):
-        return "skipped"  # cancelled, failed by a sibling, or the lease went to another worker
+        # cancelled or failed by a sibling meanwhile, or the lease went to another worker:
+        # the result is dropped, and a cancel that waited for this shard ends now
+        leases.release_shard(session, claim.shard_id, worker, None, counted=False)
+        if leases.settle_cancel(session, audit_id, settings.stale_after_s):
+            return "cancelled"
+        return "skipped"
     finalise(session, audit_id)
     return "done"

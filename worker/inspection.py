@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from service.config import Settings
 from service.persistence.models import Model, utcnow
 from service.storage import ArtifactStore
-from worker import runner
+from worker import runner, sandboxed
 from worker.execution import INPUT_ERRORS
 from worker.threads import torch_threads
 
@@ -52,6 +52,7 @@ def inspect_model(
         "input_range": model.input_range,
         "output": model.requested_output,
         "threads": torch_threads(settings),
+        "device": str(sandboxed.device()),
     }
     last = [time.monotonic()]
 
@@ -75,12 +76,12 @@ def inspect_model(
             should_stop=alive,
         )
     except runner.LimitExceeded as exc:
-        statuses = _both(False, f"refused: the model exceeded the sandbox's {exc.limit} limit")
+        statuses = _both(False, f"refused: {exc}")
     except runner.ChildRaised as exc:
         reason = exc.message if exc.kind in INPUT_ERRORS else f"{exc.kind}: {exc.message}"
         statuses = _both(False, reason)
     except runner.ChildFailed as exc:
-        statuses = _both(False, f"refused: the model's process died (status {exc.returncode})")
+        statuses = _both(False, f"refused: {exc}")
     return _store(session, model, statuses)
 
 

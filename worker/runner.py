@@ -1,43 +1,47 @@
-"""Running a worker/sandboxed.py function in the sandbox child (service/sandbox.py).
+"""Running a worker/sandboxed.py function in this worker's sandbox child (service/sandbox.py).
 
-TEMPORARY: until service/sandbox.py lands, the function runs in this process with the same
-callbacks and exceptions, so the parent's logic (progress, heartbeat, cancel) is the same.
+One child per worker process is kept between calls that read the same artifacts, so the
+shards of one audit on this worker share its converted-model cache. A child that hit a
+limit, crashed or was stopped is not reused (the sandbox ends it).
 """
 
 from __future__ import annotations
 
-import importlib
+import os
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from service.config import Settings
+from service.sandbox import (
+    ChildFailed,
+    ChildRaised,
+    LimitExceeded,
+    Limits,
+    Sandbox,
+    SandboxError,
+    Stopped,
+)
+
+__all__ = ["ChildFailed", "ChildRaised", "LimitExceeded", "SandboxError", "Stopped", "call"]
+_current: Sandbox | None = None
 
 
-class SandboxError(Exception):
-    pass
+def _cuda() -> bool:
+    return "cuda" in os.environ.get("ROBAUDIT_DEVICE", "")
 
 
-class Stopped(SandboxError):
-    pass
-
-
-class LimitExceeded(SandboxError):
-    def __init__(self, limit: str, message: str = "") -> None:
-        super().__init__(message or f"{limit} limit exceeded")
-        self.limit = limit
-
-
-class ChildRaised(SandboxError):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
-        self.message = message
-
-
-class ChildFailed(SandboxError):
-    def __init__(self, returncode: int | None) -> None:
-        super().__init__(f"child failed with {returncode}")
-        self.returncode = returncode
+def limits(settings: Settings, *, wall_seconds: float, threads: int) -> Limits:
+    """The sandbox limits of one call: its wall time is what is left of the audit's limit;
+    CPU time allows every thread busy for all of it."""
+    wall = max(1.0, wall_seconds)
+    return Limits(
+        cpu_seconds=wall * max(1, threads) + 60,
+        wall_seconds=wall,
+        threads=threads,
+        address_space_cap=not _cuda(),  # the CUDA driver maps huge virtual ranges
+    )
 
 
 def call(
@@ -50,17 +54,28 @@ def call(
     on_event: Callable[[dict[str, Any]], None],
     should_stop: Callable[[], bool],
 ) -> Any:
-    module, name = target.split(":")
-    function = getattr(importlib.import_module(module), name)
+    """`target(payload, emit)` in the sandbox; raises the sandbox's errors unchanged."""
+    global _current
+    wanted = limits(settings, wall_seconds=wall_seconds, threads=int(payload.get("threads", 1)))
+    if _current is None or replace(_current.limits, cpu_seconds=0, wall_seconds=0) != replace(
+        wanted, cpu_seconds=0, wall_seconds=0
+    ):
+        if _current is not None:
+            _current.close()
+        _current = Sandbox(wanted)
+    _current.limits = wanted  # time limits are read per call; the rest only at start
+    return _current.call(
+        target,
+        payload,
+        readable=[Path(p) for p in readable],
+        on_event=on_event,
+        should_stop=should_stop,
+    )
 
-    def emit(event: dict[str, Any]) -> None:
-        on_event(event)
-        if should_stop():
-            raise Stopped
 
-    try:
-        return function(payload, emit)
-    except SandboxError:
-        raise
-    except Exception as exc:
-        raise ChildRaised(type(exc).__name__, str(exc)) from exc
+def close() -> None:
+    """End this worker's sandbox child (worker shutdown)."""
+    global _current
+    if _current is not None:
+        _current.close()
+        _current = None

@@ -88,7 +88,8 @@ def inspect_model(payload: dict[str, Any], _emit: Emit) -> dict[str, Any]:
     """The `backends` status of a model from a parity check on inputs drawn from its range."""
     _use_threads(payload)
     probe = loading.uniform_probe(payload["shape"], payload["input_range"])
+    dev = torch.device(payload["device"]) if payload.get("device") else device()
     loaded = loading.load(
-        Path(payload["model_path"]).read_bytes(), probe, output=payload["output"], device=device()
+        Path(payload["model_path"]).read_bytes(), probe, output=payload["output"], device=dev
     )
     return loaded.statuses_dict()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from flask.testing import FlaskClient
@@ -26,6 +28,14 @@ class NaNScores(torch.nn.Module):
 
 
 SMALL = {"epsilons": [0.1, 0.2], "steps": 5, "max_samples": 40}
+# for lifecycle tests, where the numbers do not matter: no landscapes, one ε, few steps
+LIGHT = {
+    "epsilons": [0.1],
+    "steps": 2,
+    "max_samples": 40,
+    "baselines": ["clean"],
+    "landscape": {"samples": 0},
+}
 
 
 def queue_audit(client: FlaskClient, auth: dict[str, str], model: bytes, config: dict) -> str:
@@ -133,7 +143,7 @@ def test_cancel_requested_while_running_stops_at_the_next_check(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:
     """The shard stops, stores nothing, gives its lease back; the audit ends `cancelled`."""
-    audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), SMALL)
+    audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), LIGHT)
     [position] = execution.plan_shards(db_session, audit_id, 512)
     store = ArtifactStore(settings.artifact_dir)
     calls = []
@@ -259,7 +269,7 @@ def test_finalise_is_idempotent_and_retriggered(
     and the sweeper both finish it, any number of times, with the same result."""
     from worker.sweeper import finalise_done
 
-    audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), SMALL)
+    audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), LIGHT)
     real_finalise = execution.finalise
     monkeypatch.setattr(execution, "finalise", lambda _session, _audit_id: False)
     audit = run(db_session, settings, audit_id, shard_size=16)
@@ -319,3 +329,12 @@ def test_a_shard_whose_worker_keeps_dying_fails_the_audit_naming_it(
     assert audit.error is not None
     assert "shard 0 (samples 0–39) was tried 3 times" in audit.error
     assert "stopped heartbeating" in audit.error
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _end_the_sandbox() -> Iterator[None]:
+    """The worker keeps its sandbox child between calls; a test module ends it."""
+    from worker import runner
+
+    yield
+    runner.close()
