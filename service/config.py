@@ -31,6 +31,7 @@ ENV_VARS = (
     "ROBAUDIT_MAX_SHARD_ATTEMPTS",
     "ROBAUDIT_TORCH_THREADS",
     "ROBAUDIT_WORKER_PROCESSES",
+    "ROBAUDIT_FAILPOINT_DIR",  # fault tests only: where they ask a worker to die (execution.py)
 )
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -277,5 +280,15 @@ def _store(
         if leases.settle_cancel(session, audit_id, settings.stale_after_s):
             return "cancelled"
         return "skipped"
+    _failpoint("before-finalise", audit_id)
     finalise(session, audit_id)
     return "done"
+
+
+def _failpoint(name: str, key: str) -> None:
+    """Fault tests kill this worker here (kill -9), once, when they leave a marker file."""
+    folder = os.environ.get("ROBAUDIT_FAILPOINT_DIR")
+    marker = Path(folder) / f"{name}-{key}" if folder else None
+    if marker is not None and marker.exists():
+        marker.unlink()
+        os.kill(os.getpid(), signal.SIGKILL)
