@@ -39,7 +39,7 @@ def usable_cpus() -> float:
     return min(cpus, quota) if quota else cpus
 
 
-def worker_processes(proc: Path = Path("/proc")) -> int:
+def worker_processes(proc: Path = Path("/proc"), marker: str = MARKER) -> int:
     """robaudit worker processes on this host (or container): at least this one."""
     pids = set()
     parents = {}
@@ -51,7 +51,7 @@ def worker_processes(proc: Path = Path("/proc")) -> int:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if MARKER.encode() in cmdline:
+        if marker.encode() in cmdline:
             pids.add(int(entry.name))
             parents[int(entry.name)] = ppid
     # a prefork pool's children carry the same command line: count main processes only
