@@ -201,11 +201,32 @@ def execute_shard(
     left = settings.audit_time_limit_s - (utcnow() - audit.started_at).total_seconds()
     if left <= 0:
         return _fail(session, audit_id, _time_limit(settings))
-    model_path, dataset_path = store.path(audit.model.sha256), store.path(audit.dataset.sha256)
-    payload = {
-        "model_path": str(model_path),
+    payload = _payload(store, settings, audit, claim, position)
+    session.commit()  # no transaction stays open while the child runs
+    beat = _Beat(session, audit_id, claim.shard_id, worker, settings.heartbeat_s)
+    try:
+        body = runner.call(
+            "worker.sandboxed:run_shard",
+            payload,
+            settings=settings,
+            wall_seconds=left,
+            readable=[payload["model_path"], payload["dataset_path"]],
+            on_event=beat.on_event,
+            should_stop=beat.should_stop,
+        )
+    except runner.SandboxError as exc:
+        return _ended(session, settings, audit_id, claim, worker, label, exc)
+    return _store(session, store, settings, audit_id, claim, worker, body)
+
+
+def _payload(
+    store: ArtifactStore, settings: Settings, audit: Audit, claim: leases.Claim, position: int
+) -> dict[str, Any]:
+    """What the child needs: artifact paths, the sample range and the config; no secrets."""
+    return {
+        "model_path": str(store.path(audit.model.sha256)),
         "model_sha256": audit.model.sha256,
-        "dataset_path": str(dataset_path),
+        "dataset_path": str(store.path(audit.dataset.sha256)),
         "start": claim.start,
         "stop": claim.stop,
         "position": position,
@@ -216,37 +237,35 @@ def execute_shard(
         "threads": torch_threads(settings),
         "device": str(sandboxed.device()),
     }
-    session.commit()  # no transaction stays open while the child runs
-    beat = _Beat(session, audit_id, claim.shard_id, worker, settings.heartbeat_s)
-    try:
-        body = runner.call(
-            "worker.sandboxed:run_shard",
-            payload,
-            settings=settings,
-            wall_seconds=left,
-            readable=[str(model_path), str(dataset_path)],
-            on_event=beat.on_event,
-            should_stop=beat.should_stop,
-        )
-    except runner.Stopped:
-        if SHUTDOWN.is_set():
+
+
+def _ended(
+    session: Session,
+    settings: Settings,
+    audit_id: str,
+    claim: leases.Claim,
+    worker: str,
+    label: str,
+    exc: runner.SandboxError,
+) -> Outcome:
+    """A child that returned no result: stopped, over a limit, raised, or died."""
+    if isinstance(exc, runner.Stopped):
+        if SHUTDOWN.is_set():  # not the shard's fault: give the attempt back
             leases.release_shard(session, claim.shard_id, worker, None, counted=False)
             return "released"
         leases.release_shard(session, claim.shard_id, worker, "stopped: cancel requested")
         leases.settle_cancel(session, audit_id, settings.stale_after_s)
         return "cancelled"
-    except runner.LimitExceeded as exc:
-        if exc.limit == "wall":
-            return _fail(session, audit_id, _time_limit(settings))
-        return _fail(session, audit_id, f"{label}: {exc}")
-    except runner.ChildRaised as exc:
+    if isinstance(exc, runner.LimitExceeded):
+        error = _time_limit(settings) if exc.limit == "wall" else f"{label}: {exc}"
+        return _fail(session, audit_id, error)
+    if isinstance(exc, runner.ChildRaised):
         if exc.kind in INPUT_ERRORS:
             return _fail(session, audit_id, exc.message)
         return _fail(session, audit_id, f"internal error in {label}: {exc.kind}: {exc.message}")
-    except runner.ChildFailed as exc:
-        leases.release_shard(session, claim.shard_id, worker, str(exc)[:1000])
-        return "retry"
-    return _store(session, store, settings, audit_id, claim, worker, body)
+    # died (a signal, a native crash): maybe the host's OOM killer, so try again, counted
+    leases.release_shard(session, claim.shard_id, worker, str(exc)[:1000])
+    return "retry"
 
 
 def _time_limit(settings: Settings) -> str:

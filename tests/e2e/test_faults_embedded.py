@@ -47,7 +47,7 @@ def test_embedded_stack_restarted_mid_audit_finishes_it(tmp_path: Path) -> None:
         h = {"Authorization": f"Bearer {key}"}
         split = digits_split()
         npz = io.BytesIO()
-        np.savez_compressed(npz, x=split.x_test[:48], y=split.y_test[:48])
+        np.savez_compressed(npz, x=split.x_test[:32], y=split.y_test[:32])
         model = requests.post(
             f"{url}/v1/models", files={"file": ("m.onnx", mlp_onnx())}, headers=h, timeout=60
         )
@@ -57,7 +57,7 @@ def test_embedded_stack_restarted_mid_audit_finishes_it(tmp_path: Path) -> None:
         body = {
             "model_id": model.json()["id"],
             "dataset_id": data.json()["id"],
-            "config": {**SLOW, "max_samples": 48},
+            "config": {**SLOW, "max_samples": 32},
         }
         audit_id = requests.post(f"{url}/v1/audits", json=body, headers=h, timeout=60).json()["id"]
         deadline = time.monotonic() + 90
@@ -80,6 +80,6 @@ def test_embedded_stack_restarted_mid_audit_finishes_it(tmp_path: Path) -> None:
                 break
             time.sleep(0.5)
         assert audit["status"] == "succeeded", (audit, (tmp_path / "up-2.log").read_text()[-3000:])
-        assert audit["result"]["samples"] == 48
+        assert audit["result"]["samples"] == 32
     finally:
         stop([proc])
