@@ -222,7 +222,9 @@ def test_worker_killed_mid_shard_is_taken_over_and_the_result_is_unchanged(stack
     audit_id = stack.submit(SLOW, samples=32, seed=7)
     shard = stack.running_shard(audit_id)
     kill(int(shard.worker.rsplit(":", 1)[1]))  # kill -9 the worker in the middle of a shard
+    killed = time.monotonic()
     audit = stack.wait(audit_id, timeout=120)  # taken over within 2 minutes of the kill
+    print(f"worker killed mid-shard: {audit['status']} {time.monotonic() - killed:.1f} s later")
     assert audit["status"] == "succeeded", audit["error"]
     assert audit["progress"]["done"] == audit["progress"]["total"]
     retried = next(s for s in stack.shards(audit_id) if s.position == shard.position)
@@ -284,12 +286,15 @@ def test_redis_killed_and_restarted_empty_mid_audit(stack: Stack) -> None:
     stack.redis.kill()
     time.sleep(1)
     stack.redis.start()  # empty: every queued shard message is gone
+    restarted = time.monotonic()
     audit = stack.wait(audit_id, timeout=120)
+    print(f"redis restarted empty: {audit['status']} {time.monotonic() - restarted:.1f} s later")
     assert audit["status"] == "succeeded", audit["error"]
     assert audit["result"]["samples"] == 32
 
 
 def test_fifty_audits_at_once_on_two_workers_each_run_once(stack: Stack) -> None:
+    started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         ids = list(
             pool.map(lambda seed: stack.submit(QUICK, samples=8, seed=100 + seed), range(50))
@@ -298,6 +303,7 @@ def test_fifty_audits_at_once_on_two_workers_each_run_once(stack: Stack) -> None
     for audit_id in ids:
         audit = stack.wait(audit_id, timeout=240)
         assert audit["status"] == "succeeded", audit["error"]
+    print(f"50 audits on 2 workers: all terminal {time.monotonic() - started:.1f} s after submit")
     with stack.db.connect() as conn:
         rows = conn.execute(
             text("SELECT attempts, status FROM audit_shards WHERE audit_id = ANY(:ids)"),
@@ -313,11 +319,13 @@ def test_cancel_in_the_middle_of_a_long_batch(stack: Stack) -> None:
     stack.running_shard(audit_id)  # the clean pass is done; the attack batch is under way
     time.sleep(1)
     url = f"{stack.url}/v1/audits/{audit_id}/cancel"
+    asked = time.monotonic()
     assert requests.post(url, headers=stack.headers(), timeout=30).json()["status"] in (
         "cancelling",
         "cancelled",
     )
     audit = stack.wait(audit_id, timeout=10)  # within 10 s of the request
+    print(f"cancel mid-batch: {audit['status']} {time.monotonic() - asked:.1f} s after the request")
     assert audit["status"] == "cancelled"
     assert audit["result"] is None
     time.sleep(2)  # several heartbeats later: no shard runs or stores anything
