@@ -81,7 +81,18 @@ def claim_shard(
             status=ShardStatus.RUNNING.value,
             worker=worker,
             heartbeat_at=now,
-            attempts=AuditShard.attempts + 1,
+            # the same live worker again (a task retried after a database or broker error):
+            # the attempt did not die, so it is not counted twice
+            attempts=case(
+                (
+                    and_(
+                        AuditShard.status == ShardStatus.RUNNING.value,
+                        AuditShard.worker == worker,
+                    ),
+                    AuditShard.attempts,
+                ),
+                else_=AuditShard.attempts + 1,
+            ),
         )
         .returning(
             AuditShard.id,

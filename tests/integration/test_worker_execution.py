@@ -277,6 +277,9 @@ def test_a_shard_whose_worker_keeps_dying_fails_the_audit_naming_it(
         assert claim is not None
         assert claim.attempts == attempt + 1
         assert leases.claim_shard(db_session, audit_id, position, "other", 60) is None  # held
+        again = leases.claim_shard(db_session, audit_id, position, f"w{attempt}", 60)
+        assert again is not None  # the same worker retrying after a database error
+        assert again.attempts == attempt + 1  # is not a second attempt
         db_session.execute(  # the worker is killed: its heartbeat goes stale
             update(AuditShard)
             .where(AuditShard.id == claim.shard_id)
