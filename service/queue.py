@@ -36,7 +36,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     else:
         folder = str(settings.broker_dir)
         broker_url = "filesystem://"
-        transport = {"data_folder_in": folder, "data_folder_out": folder, "store_processed": False}
+        transport = {
+            "data_folder_in": folder,
+            "data_folder_out": folder,
+            "control_folder": str(settings.broker_dir / "control"),  # else ./control in the cwd
+            "store_processed": False,
+        }
     return {
         "broker_url": broker_url,
         "broker_transport_options": transport,
