@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="a Celery worker (production)")
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--pool", default="solo", help="solo (one GPU per worker) or prefork")
+    worker.add_argument(
+        "--queues",
+        default="control,compute",
+        help="control (planning, model inspection), compute (shards), or both (default)",
+    )
     worker.set_defaults(handler=cmd_worker)
 
     db = sub.add_parser("db", help="database administration").add_subparsers(metavar="ACTION")
@@ -164,19 +169,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
-def _worker_argv(pool: str, concurrency: int, queue: str) -> list[str]:
+def _worker_argv(pool: str, concurrency: int, queues: list[str]) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-P", pool, "-c", str(concurrency), "-Q", queue, "--loglevel", "INFO",
+        "-P", pool, "-c", str(concurrency), "-Q", ",".join(queues), "--loglevel", "INFO",
         "--without-gossip", "--without-mingle",
     ]  # fmt: skip
 
 
+def _worker_env(settings: Any) -> dict[str, str]:
+    """OpenMP and MKL read their thread count once, at load: set it before the worker starts."""
+    from worker.threads import torch_threads
+
+    env = dict(os.environ)
+    threads = str(torch_threads(settings))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, threads)
+    return env
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from service.config import Settings
+    from service.queue import QUEUE_KINDS, queue_names
 
-    argv = _worker_argv(args.pool, args.concurrency, Settings.from_env().queue)
-    os.execv(sys.executable, argv)  # noqa: S606
+    settings = Settings.from_env()
+    kinds = [k.strip() for k in args.queues.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(QUEUE_KINDS))
+    if unknown or not kinds:
+        return _fail(f"--queues takes {' and/or '.join(QUEUE_KINDS)}, not {args.queues!r}")
+    names = queue_names(settings)
+    argv = _worker_argv(args.pool, args.concurrency, [names[k] for k in kinds])
+    os.execve(sys.executable, argv, _worker_env(settings))  # noqa: S606
     return 0  # pragma: no cover
 
 
@@ -186,6 +209,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     os.environ["ROBAUDIT_DATA_DIR"] = str(data_dir)
     from service.config import Settings
     from service.persistence.migrate import upgrade
+    from service.queue import queue_names
 
     settings = Settings.from_env()
     settings.ensure_dirs()
@@ -197,7 +221,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     url = f"http://{args.host}:{args.port}"
     children = [
-        subprocess.Popen(_worker_argv("solo", 1, settings.queue), env=env),
+        subprocess.Popen(
+            _worker_argv("solo", 1, list(queue_names(settings).values())),
+            env=_worker_env(settings),
+        ),
         subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-b", f"{args.host}:{args.port}", "-w", "1",
              "--threads", "8", "--timeout", "300", "service.wsgi:app"],

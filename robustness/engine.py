@@ -70,7 +70,7 @@ def run_audit(
     batches = _batch_grid(sample_offset, n, size)
     bounds = spec.input_range
     stages = dict.fromkeys(("divergence", "random_probe", "clean", "fgsm", "pgd", "landscape"), 0.0)
-    total = n * len(spec.epsilons)  # progress counts samples done, per ε
+    total = n * (len(spec.epsilons) + 1)  # progress counts samples done: clean, then per ε
     done = 0
 
     def tick(stage: str, samples: int) -> None:
@@ -96,7 +96,7 @@ def run_audit(
             clean[i:j] = (scores.argmax(1) == yb).cpu()
             lp = normalized_log_probs(scores, spec.logit_normalization)
             data_log_probs.append(lp.double().cpu().numpy())
-        tick("clean", 0)
+        tick("clean", j - i)
 
     per_eps: list[EpsilonResult] = []
     zero = torch.zeros(n, dtype=torch.bool)

@@ -15,6 +15,7 @@ from robustness.cost import estimate_cost
 from robustness.datasets import DatasetFacts, check_fit
 from robustness.spec import spec_from_config
 from service.catalog import get_dataset, get_model
+from service.dispatch import settle
 from service.errors import NotFound, Problem
 from service.pagination import paginate
 from service.persistence.models import TERMINAL, Audit, AuditStatus, Model, utcnow
@@ -78,7 +79,7 @@ def create_audit(
         config=cfg,
         config_hash=digest,
         status=AuditStatus.QUEUED.value,
-        progress_total=min(dataset.n, config.max_samples) * len(config.epsilons),
+        progress_total=min(dataset.n, config.max_samples) * (len(config.epsilons) + 1),
         idempotency_key=idempotency_key,
     )
     try:
@@ -131,17 +132,25 @@ def list_audits(
 
 
 def cancel_audit(*, session: Session, tenant_id: str, audit_id: str) -> Audit:
-    """Queued audits stop at once; running ones at the worker's next batch boundary."""
+    """Queued audits stop at once; running ones become `cancelling` until their shards'
+    workers have killed their sandboxes (seconds), then `cancelled`."""
     audit = get_audit(session=session, tenant_id=tenant_id, audit_id=audit_id)
     if audit.status in {s.value for s in TERMINAL}:
         raise Problem(409, "Conflict", f"the audit is already {audit.status}")
+    now = utcnow()
     session.execute(
         update(Audit)
         .where(Audit.id == audit.id, Audit.status == AuditStatus.QUEUED.value)
-        .values(status=AuditStatus.CANCELLED.value, finished_at=utcnow())
+        .values(status=AuditStatus.CANCELLED.value, finished_at=now, stage="cancelled")
+    )
+    session.execute(
+        update(Audit)
+        .where(Audit.id == audit.id, Audit.status == AuditStatus.RUNNING.value)
+        .values(status=AuditStatus.CANCELLING.value)
     )
     session.execute(update(Audit).where(Audit.id == audit.id).values(cancel_requested=True))
     session.flush()
+    settle(session, audit.id, None)  # no shard running right now: cancelled already
     session.refresh(audit)
     return audit
 
@@ -164,6 +173,19 @@ def get_landscape(*, session: Session, tenant_id: str, audit_id: str, k: int) ->
     return landscape
 
 
+def eta_seconds(row: Audit) -> float | None:
+    """Seconds left at the pace so far (None before the first batch, 0 once finished)."""
+    if row.status in {s.value for s in TERMINAL}:
+        return 0.0
+    if row.status != AuditStatus.RUNNING.value or row.started_at is None:
+        return None
+    if not 0 < row.progress_done <= row.progress_total:
+        return None
+    elapsed = (utcnow() - row.started_at).total_seconds()
+    left = elapsed * (row.progress_total - row.progress_done) / row.progress_done
+    return round(left, 1)
+
+
 def audit_json(row: Audit) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -171,7 +193,12 @@ def audit_json(row: Audit) -> dict[str, Any]:
         "dataset_id": row.dataset_id,
         "config": row.config,
         "status": row.status,
-        "progress": {"done": row.progress_done, "total": row.progress_total, "stage": row.stage},
+        "progress": {
+            "done": row.progress_done,
+            "total": row.progress_total,
+            "stage": row.stage,
+            "eta_seconds": eta_seconds(row),
+        },
         "created_at": row.created_at.isoformat(),
         "started_at": row.started_at.isoformat() if row.started_at else None,
         "finished_at": row.finished_at.isoformat() if row.finished_at else None,

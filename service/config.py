@@ -34,6 +34,14 @@ ENV_VARS = (
     "ROBAUDIT_INTAKE_CPU_S",
     "ROBAUDIT_INTAKE_WALL_S",
     "ROBAUDIT_SWEEP_GRACE_S",
+    # lifecycle (issue 10)
+    "ROBAUDIT_STALE_AFTER_S",
+    "ROBAUDIT_HEARTBEAT_S",
+    "ROBAUDIT_MAX_SHARD_ATTEMPTS",
+    "ROBAUDIT_TORCH_THREADS",
+    "ROBAUDIT_WORKER_PROCESSES",
+    "ROBAUDIT_AUDIT_MEMORY_MB",
+    "ROBAUDIT_FAILPOINT_DIR",  # fault tests only: where they ask a worker to die (execution.py)
 )
 
 
@@ -51,6 +59,14 @@ class Settings:
     max_npz_member_bytes: int = 4096 * MiB
     audit_time_limit_s: int = 6 * 3600
     shard_size: int = 512
+    # lifecycle (issue 10)
+    stale_after_s: float = 60.0  # a shard or model inspection silent this long: its worker is gone
+    heartbeat_s: float = 2.0  # running shards heartbeat and read the cancel flag this often
+    max_shard_attempts: int = 3  # a shard whose process died this often fails its audit
+    sweep_interval_s: float = 30.0
+    torch_threads: int | None = None  # None: CPUs this worker may use / workers on the host
+    worker_processes: int | None = None  # None: counted from the host's robaudit workers
+    audit_memory_bytes: int = 8192 * MiB  # a shard's or an inspection's sandbox (SECURITY.md)
     extra: Mapping[str, Any] = field(default_factory=dict)
     # hostile-upload limits (issue 11); SECURITY.md explains each one
     max_json_bytes: int = 1 * MiB
@@ -77,7 +93,9 @@ class Settings:
         ROBAUDIT_SHARD_SIZE; the hostile-upload limits ROBAUDIT_MAX_JSON_KB,
         ROBAUDIT_MAX_NPZ_TOTAL_MB, ROBAUDIT_INTAKE_MAX_NODES, ROBAUDIT_INTAKE_MAX_DEPTH,
         ROBAUDIT_INTAKE_MEMORY_MB, ROBAUDIT_INTAKE_CPU_S, ROBAUDIT_INTAKE_WALL_S,
-        ROBAUDIT_SWEEP_GRACE_S (SECURITY.md)."""
+        ROBAUDIT_SWEEP_GRACE_S (SECURITY.md); lifecycle: ROBAUDIT_STALE_AFTER_S,
+        ROBAUDIT_HEARTBEAT_S, ROBAUDIT_MAX_SHARD_ATTEMPTS, ROBAUDIT_SWEEP_INTERVAL_S,
+        ROBAUDIT_TORCH_THREADS, ROBAUDIT_WORKER_PROCESSES, ROBAUDIT_AUDIT_MEMORY_MB."""
         env = os.environ if env is None else env
         data_dir = Path(env.get("ROBAUDIT_DATA_DIR", ".robaudit")).resolve()
         return cls(
@@ -99,6 +117,14 @@ class Settings:
             intake_cpu_s=float(env.get("ROBAUDIT_INTAKE_CPU_S", "60")),
             intake_wall_s=float(env.get("ROBAUDIT_INTAKE_WALL_S", "120")),
             sweep_grace_s=float(env.get("ROBAUDIT_SWEEP_GRACE_S", "3600")),
+            # lifecycle (issue 10)
+            stale_after_s=float(env.get("ROBAUDIT_STALE_AFTER_S", "60")),
+            heartbeat_s=float(env.get("ROBAUDIT_HEARTBEAT_S", "2")),
+            max_shard_attempts=int(env.get("ROBAUDIT_MAX_SHARD_ATTEMPTS", "3")),
+            sweep_interval_s=float(env.get("ROBAUDIT_SWEEP_INTERVAL_S", "30")),
+            torch_threads=_optional_int(env.get("ROBAUDIT_TORCH_THREADS")),
+            worker_processes=_optional_int(env.get("ROBAUDIT_WORKER_PROCESSES")),
+            audit_memory_bytes=int(env.get("ROBAUDIT_AUDIT_MEMORY_MB", "8192")) * MiB,
         )
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -107,3 +133,7 @@ class Settings:
     def ensure_dirs(self) -> None:
         for d in (self.data_dir, self.artifact_dir, self.broker_dir):
             d.mkdir(parents=True, exist_ok=True)
+
+
+def _optional_int(value: str | None) -> int | None:
+    return int(value) if value else None

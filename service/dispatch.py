@@ -1,9 +1,12 @@
-"""Sending audit tasks, outbox style: the row is the truth, the message only a nudge.
+"""Sending tasks, outbox style: the rows are the truth, the messages only nudges.
 
-An audit row is committed before its task is sent. If the broker is down at that moment
-the row stays `queued` with `dispatched_at` unset, and every worker's sweeper re-sends such
-rows once the broker is back. A duplicate message is harmless: only one worker can take
-the lease (worker/leases.py).
+An audit row is committed before its task is sent. If the broker is down at that moment the
+row stays `queued` with `dispatched_at` unset, and every worker's sweeper re-sends it once the
+broker is back. The same holds for shards (`sent_at`) and model inspections (`inspected_at`).
+The sweeper also takes over shards whose worker stopped heartbeating for
+`Settings.stale_after_s`, and re-sends work whose message a restarted, empty broker lost
+(its queue is empty while rows wait). A duplicate message is harmless: a shard runs only
+under its lease (worker/leases.py).
 """
 
 from __future__ import annotations
@@ -12,17 +15,26 @@ import logging
 from datetime import timedelta
 
 from celery import Celery
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, exists, false, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
-from service.persistence.models import Audit, AuditStatus, utcnow
-from service.queue import RUN_AUDIT
+from service.config import Settings
+from service.persistence.models import (
+    ACTIVE,
+    Audit,
+    AuditShard,
+    AuditStatus,
+    Model,
+    ShardStatus,
+    utcnow,
+)
+from service.queue import INSPECT_MODEL, RUN_AUDIT, RUN_SHARD, queue_names
 
 log = logging.getLogger(__name__)
 NEVER_SENT_GRACE = timedelta(seconds=5)  # the API sends right after commit; give it a moment
-RESEND_AFTER = timedelta(hours=1)  # a sent message that nobody took (e.g. broker lost it)
-# A running audit heartbeats after every batch; this long without one, its workers are gone.
-STALE_RUNNING = timedelta(minutes=30)
+RESEND_AFTER = timedelta(hours=1)  # a sent message that nobody took, whatever the queue says
+LIVE = (AuditStatus.QUEUED.value, *(s.value for s in ACTIVE))
+WORKER_LOST = "its worker stopped heartbeating (killed, out of memory, or host lost)"
 
 
 def send_audit(celery: Celery, session: Session, audit_id: str) -> bool:
@@ -39,32 +51,97 @@ def send_audit(celery: Celery, session: Session, audit_id: str) -> bool:
     return True
 
 
-def recover_abandoned(session: Session) -> None:
-    """Running audits whose workers stopped heartbeating: queue them again, or finish a cancel."""
-    now = utcnow()
-    abandoned = and_(
-        Audit.status == AuditStatus.RUNNING.value, Audit.heartbeat_at < now - STALE_RUNNING
-    )
-    session.execute(
-        update(Audit)
-        .where(abandoned, Audit.cancel_requested.is_(True))
-        .values(status=AuditStatus.CANCELLED.value, finished_at=now, stage="cancelled")
-    )
-    session.execute(
-        update(Audit)
-        .where(abandoned)
-        .values(status=AuditStatus.QUEUED.value, dispatched_at=None, stage="requeued: no heartbeat")
+def queue_depth(celery: Celery, queue: str) -> int | None:
+    """Messages waiting in a queue (not those a worker holds); None if the broker is down."""
+    try:
+        with celery.connection_for_read() as conn:
+            return int(conn.default_channel.queue_declare(queue=queue).message_count)
+    except Exception:
+        return None
+
+
+def take_over_stale_shards(session: Session, settings: Settings) -> int:
+    """Running shards whose worker stopped heartbeating become pending and unsent."""
+    stale = utcnow() - timedelta(seconds=settings.stale_after_s)
+    live_audits = select(Audit.id).where(Audit.status.in_(LIVE))
+    result = session.execute(
+        update(AuditShard)
+        .where(
+            AuditShard.status == ShardStatus.RUNNING.value,
+            AuditShard.heartbeat_at < stale,
+            AuditShard.audit_id.in_(live_audits),
+        )
+        .values(status=ShardStatus.PENDING.value, worker=None, sent_at=None, last_error=WORKER_LOST)
+        .execution_options(synchronize_session=False)
     )
     session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def resend_stale(celery: Celery, session: Session) -> list[str]:
-    """Re-send queued audits never sent, or sent long ago and still not taken; claim each first.
+def settle(session: Session, audit_id: str, stale_after_s: float | None) -> bool:
+    live = exists().where(
+        AuditShard.audit_id == audit_id, AuditShard.status == ShardStatus.RUNNING.value
+    )
+    if stale_after_s is not None:  # a shard silent this long has no live worker
+        live = live.where(AuditShard.heartbeat_at >= utcnow() - timedelta(seconds=stale_after_s))
+    result = session.execute(
+        update(Audit)
+        .where(Audit.id == audit_id, Audit.status == AuditStatus.CANCELLING.value, ~live)
+        .values(status=AuditStatus.CANCELLED.value, finished_at=utcnow(), stage="cancelled")
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
-    Abandoned running audits are queued again first, so their pending shards are re-sent.
-    """
-    recover_abandoned(session)
+
+def settle_cancel(session: Session, audit_id: str, stale_after_s: float | None) -> bool:
+    """cancelling → cancelled once no live worker runs one of its shards; commits."""
+    settled = settle(session, audit_id, stale_after_s)
+    session.commit()
+    return settled
+
+
+def settle_cancels(session: Session, settings: Settings) -> None:
+    """`cancelling` audits none of whose shards still runs on a live worker end `cancelled`."""
+    ids = session.scalars(
+        select(Audit.id).where(Audit.status == AuditStatus.CANCELLING.value).limit(500)
+    ).all()
+    for audit_id in ids:
+        settle_cancel(session, audit_id, settings.stale_after_s)
+
+
+def resend_shards(celery: Celery, session: Session, settings: Settings) -> list[str]:
+    """Pending shards never sent, or sent long ago while their queue is empty (lost)."""
     now = utcnow()
+    lost = now - timedelta(seconds=settings.stale_after_s)
+    depth = queue_depth(celery, queue_names(settings)["compute"])
+    unsent = AuditShard.sent_at.is_(None)
+    waiting = or_(unsent, AuditShard.sent_at < lost) if depth == 0 else unsent
+    rows = session.execute(
+        select(AuditShard.id, AuditShard.audit_id, AuditShard.position)
+        .join(Audit, Audit.id == AuditShard.audit_id)
+        .where(
+            AuditShard.status == ShardStatus.PENDING.value,
+            waiting,
+            Audit.status.in_([AuditStatus.QUEUED.value, AuditStatus.RUNNING.value]),
+            Audit.cancel_requested.is_(False),
+        )
+        .limit(1000)
+    ).all()
+    session.commit()
+    sent = []
+    for shard_id, audit_id, position in rows:
+        celery.send_task(RUN_SHARD, args=[audit_id, position])
+        session.execute(update(AuditShard).where(AuditShard.id == shard_id).values(sent_at=now))
+        session.commit()
+        sent.append(f"{audit_id}/{position}")
+    return sent
+
+
+def resend_stale(celery: Celery, session: Session, settings: Settings) -> list[str]:
+    """Re-send queued audits never sent, or sent but lost (never planned, queue empty, or
+    long ago); claim each first so that two sweepers do not both send it."""
+    now = utcnow()
+    lost = now - timedelta(seconds=settings.stale_after_s)
+    empty = queue_depth(celery, queue_names(settings)["control"]) == 0
     stale = or_(
         # never sent: after the API's grace, or at once if a worker had leased it before
         and_(
@@ -72,6 +149,7 @@ def resend_stale(celery: Celery, session: Session) -> list[str]:
             or_(Audit.created_at < now - NEVER_SENT_GRACE, Audit.started_at.is_not(None)),
         ),
         Audit.dispatched_at < now - RESEND_AFTER,
+        and_(Audit.dispatched_at < lost, Audit.shards_total == 0, true() if empty else false()),
     )
     candidates = session.scalars(
         select(Audit.id).where(Audit.status == AuditStatus.QUEUED.value, stale).limit(500)
@@ -95,3 +173,36 @@ def resend_stale(celery: Celery, session: Session) -> list[str]:
             raise
         sent.append(audit_id)
     return sent
+
+
+def resend_inspections(celery: Celery, session: Session, settings: Settings) -> list[str]:
+    """Models not inspected whose inspection was neither sent nor alive for a while."""
+    now = utcnow()
+    quiet = now - max(timedelta(seconds=settings.stale_after_s), NEVER_SENT_GRACE)
+    ids = session.scalars(
+        select(Model.id)
+        .where(
+            Model.inspected_at.is_(None),
+            Model.deleted_at.is_(None),
+            func.coalesce(Model.inspect_sent_at, Model.created_at) < quiet,
+        )
+        .limit(500)
+    ).all()
+    session.commit()
+    for model_id in ids:
+        celery.send_task(INSPECT_MODEL, args=[model_id])
+        session.execute(update(Model).where(Model.id == model_id).values(inspect_sent_at=now))
+        session.commit()
+    return list(ids)
+
+
+def sweep(celery: Celery, session: Session, settings: Settings) -> dict[str, list[str]]:
+    """One pass of the outbox sweeper; what it took over or sent, by kind."""
+    taken = take_over_stale_shards(session, settings)
+    settle_cancels(session, settings)
+    return {
+        "taken_over": [str(taken)] if taken else [],
+        "audits": resend_stale(celery, session, settings),
+        "shards": resend_shards(celery, session, settings),
+        "inspections": resend_inspections(celery, session, settings),
+    }

@@ -16,23 +16,42 @@ from service.config import Settings
 RUN_AUDIT = "robaudit.run_audit"
 RUN_SHARD = "robaudit.run_shard"
 INSPECT_MODEL = "robaudit.inspect_model"
+QUEUE_KINDS = ("control", "compute")
+
+
+def queue_names(settings: Settings) -> dict[str, str]:
+    """Control work (planning, inspection) is cheap and must never wait behind a long shard."""
+    return {"control": settings.queue, "compute": f"{settings.queue}-compute"}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    queues = queue_names(settings)
     if settings.redis_url:
         broker_url = settings.redis_url
-        transport: dict[str, Any] = {"visibility_timeout": settings.audit_time_limit_s + 600}
+        # A message a dead worker held comes back after this; a live worker's shard is only
+        # skipped by the duplicate (its lease is fresh), so it may be short (issue 10).
+        transport: dict[str, Any] = {"visibility_timeout": 2 * settings.stale_after_s}
         if settings.redis_prefix:
             transport["global_keyprefix"] = settings.redis_prefix
     else:
         folder = str(settings.broker_dir)
         broker_url = "filesystem://"
-        transport = {"data_folder_in": folder, "data_folder_out": folder, "store_processed": False}
+        transport = {
+            "data_folder_in": folder,
+            "data_folder_out": folder,
+            "control_folder": str(settings.broker_dir / "control"),  # else ./control in the cwd
+            "store_processed": False,
+        }
     return {
         "broker_url": broker_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
-        "task_default_queue": settings.queue,
+        "task_default_queue": queues["control"],
+        "task_routes": {
+            RUN_AUDIT: {"queue": queues["control"]},
+            INSPECT_MODEL: {"queue": queues["control"]},
+            RUN_SHARD: {"queue": queues["compute"]},
+        },
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

@@ -1,8 +1,10 @@
-"""From database rows to the numeric core and back; no Celery here, so it is testable alone.
+"""From database rows to the sandboxed engine and back; no Celery here, so it is testable alone.
 
 An audit runs as shards (architecture.md): `plan_shards` splits its samples into ranges,
-`execute_shard` runs the engine on one range, `complete_shard` records it and counts, in
-the same transaction, and the shard that brings the count to the total calls `aggregate`.
+`execute_shard` leases one range, runs the engine on it in a sandbox child
+(worker/sandboxed.py) while it heartbeats, and stores the result; `finalise` merges the
+results once every shard is done. Planning and finalising are idempotent: any worker may
+repeat them any number of times with the same outcome.
 """
 
 from __future__ import annotations
@@ -10,44 +12,34 @@ from __future__ import annotations
 import io
 import logging
 import os
-import traceback
-from dataclasses import dataclass, replace
+import signal
+import threading
+import time
+from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-import torch
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from robustness import engine, loading
-from robustness.datasets import load_npz
-from robustness.errors import AuditInputError
-from robustness.report import merge_results, result_to_dict
-from robustness.spec import BackendKind, spec_from_config
+from robustness.errors import AuditInputError, DatasetRejected, ModelRejected
+from robustness.report import merge_results
 from service.config import Settings
-from service.persistence.models import Audit, AuditShard, AuditStatus, Model, utcnow
+from service.persistence.models import Audit, AuditShard, AuditStatus, ShardStatus, utcnow
 from service.storage import ArtifactStore
-from worker import render
-from worker.leases import report_shard_progress
-from worker.model_cache import MODELS
+from worker import leases, render, runner, sandboxed
+from worker.threads import torch_threads
 
 log = logging.getLogger(__name__)
-PROBE_SAMPLES = 32
 VERSIONED = ("robaudit", "torch", "onnxruntime", "onnx", "onnx2pytorch", "onnxslim", "numpy")
-
-
-@dataclass(frozen=True)
-class ShardOutcome:
-    kind: Literal["done", "failed", "cancelled", "skipped"]
-    result: dict[str, Any] | None = None
-    error: str | None = None
-
-
-def device() -> torch.device:
-    """ROBAUDIT_DEVICE if set (e.g. cpu, cuda:1), else CUDA when present."""
-    name = os.environ.get("ROBAUDIT_DEVICE")
-    return torch.device(name) if name else loading.default_device()
+# Exception class names from the child that mean "fix your input", not "robaudit broke".
+INPUT_ERRORS = frozenset(c.__name__ for c in (AuditInputError, ModelRejected, DatasetRejected))
+Outcome = Literal["done", "failed", "cancelled", "retry", "released", "skipped"]
+# Set when this worker is asked to shut down: running shards are stopped and given back at
+# once (not counted as attempts) so a restarted or another worker takes them over.
+SHUTDOWN = threading.Event()
 
 
 def versions() -> dict[str, str]:
@@ -61,7 +53,16 @@ def versions() -> dict[str, str]:
 
 
 def plan_shards(session: Session, audit_id: str, shard_size: int) -> list[int]:
-    """Create the shard rows of a leased audit (idempotent); the positions still pending."""
+    """Create the shard rows of an audit (idempotent, safe to race); the positions pending."""
+    for _ in range(3):
+        try:
+            return _plan(session, audit_id, shard_size)
+        except IntegrityError:  # another worker planned the same audit at the same moment
+            session.rollback()
+    return _plan(session, audit_id, shard_size)
+
+
+def _plan(session: Session, audit_id: str, shard_size: int) -> list[int]:
     audit = session.get(Audit, audit_id)
     assert audit is not None
     n = min(audit.dataset.n, int(audit.config["max_samples"]))
@@ -78,106 +79,10 @@ def plan_shards(session: Session, audit_id: str, shard_size: int) -> list[int]:
             session.add(shard)
             existing[position] = shard
     audit.shards_total = len(existing)
-    audit.progress_total = n * len(audit.config["epsilons"])
+    # one unit per sample for the clean pass and one per sample and ε (robustness/engine.py)
+    audit.progress_total = n * (len(audit.config["epsilons"]) + 1)
     session.commit()
-    return sorted(p for p, s in existing.items() if s.status == "pending")
-
-
-def execute_shard(
-    *, session: Session, store: ArtifactStore, settings: Settings, audit_id: str, position: int
-) -> ShardOutcome:
-    """Run the engine on one shard's samples; bad input becomes a clear `failed`."""
-    audit = session.get(Audit, audit_id)
-    shard = session.scalar(
-        select(AuditShard).where(AuditShard.audit_id == audit_id, AuditShard.position == position)
-    )
-    if (
-        audit is None
-        or shard is None
-        or audit.status != AuditStatus.RUNNING.value
-        or shard.status != "pending"
-    ):
-        return ShardOutcome("skipped")
-    model, dataset, shard_id = audit.model, audit.dataset, shard.id
-    start, stop = shard.start, shard.stop
-    session.commit()  # end the read transaction: SQLite writers must not wait on the engine
-    dev = device()
-    try:
-        spec = spec_from_config(audit.config, model.input_range)
-        if position != 0:
-            spec = replace(spec, landscape_samples=0)  # the first shard draws the surfaces
-        x, y = load_npz(store.path(dataset.sha256), max_member_bytes=settings.max_npz_member_bytes)
-        x, y = x[start:stop].astype(np.float32), y[start:stop].astype(np.int64)
-        loaded = MODELS.get(
-            model.sha256,
-            lambda: store.read_bytes(model.sha256),
-            x[:PROBE_SAMPLES],
-            output=model.requested_output,
-            backend=BackendKind(audit.config["backend"]),
-            device=dev,
-            seed=spec.seed,
-            fd_directions=spec.fd_directions,
-        )
-        cancel = False
-
-        def progress(done: int, _total: int, stage: str) -> None:
-            nonlocal cancel
-            cancel = report_shard_progress(session, audit_id, shard_id, done, stage)
-
-        result = engine.run_audit(
-            loaded.backend,
-            x,
-            y,
-            spec,
-            device=dev,
-            parity_max_abs_diff=loaded.parity_max_abs_diff,
-            progress=progress,
-            cancelled=lambda: cancel,
-            sample_offset=start,
-        )
-    except engine.AuditCancelled:
-        return ShardOutcome("cancelled", error="cancelled on request")
-    except AuditInputError as exc:
-        return ShardOutcome("failed", error=str(exc))
-    except Exception as exc:
-        log.exception("audit %s shard %d crashed", audit_id, position)
-        tail = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return ShardOutcome("failed", error=f"internal error: {tail[:500]}")
-    body = result_to_dict(result)
-    for landscape in body["landscapes"]:
-        png = render.landscape_png(landscape)
-        landscape["png_sha256"] = store.save_stream(io.BytesIO(png), max_bytes=len(png)).sha256
-    body["stage_seconds"] = result.stage_seconds
-    body["manifest_part"] = {
-        "device": str(dev),
-        "backends": loaded.statuses_dict(),
-        "notes": list(loaded.notes),
-    }
-    return ShardOutcome("done", result=body)
-
-
-def complete_shard(session: Session, audit_id: str, position: int, body: dict[str, Any]) -> bool:
-    """Store a shard's result and count it, atomically; True for the shard that completes it."""
-    marked = session.execute(
-        update(AuditShard)
-        .where(
-            AuditShard.audit_id == audit_id,
-            AuditShard.position == position,
-            AuditShard.status == "pending",
-        )
-        .values(status="done", result=body, finished_at=utcnow())
-    )
-    if marked.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()  # a repeated delivery of a shard already counted
-        return False
-    done, total = session.execute(
-        update(Audit)
-        .where(Audit.id == audit_id)
-        .values(shards_done=Audit.shards_done + 1)
-        .returning(Audit.shards_done, Audit.shards_total)
-    ).one()
-    session.commit()
-    return bool(done == total)
+    return sorted(p for p, s in existing.items() if s.status == ShardStatus.PENDING.value)
 
 
 def aggregate(session: Session, audit_id: str) -> dict[str, Any]:
@@ -210,29 +115,199 @@ def aggregate(session: Session, audit_id: str) -> dict[str, Any]:
     return merged
 
 
-def inspect_model(*, session: Session, store: ArtifactStore, model_id: str) -> None:
-    """Fill a model's backend status from a parity check on inputs drawn from its range."""
-    model = session.get(Model, model_id)
-    if model is None:
-        return
-    shape = model.intake["input"]["shape"][1:]
-    if not all(isinstance(d, int) for d in shape):
-        reason = f"input shape {shape} has symbolic dims; checked on the audit's data"
-        model.backends = {
-            "torch": {"ok": None, "reason": reason},
-            "onnxruntime": {"ok": None, "reason": reason},
-        }
+def finalise(session: Session, audit_id: str) -> bool:
+    """Merge and finish an audit whose shards are all done; any number of times, one outcome.
+
+    True when every shard is done (the audit is finished now, or was already)."""
+    if not leases.all_done(session, audit_id):
         session.commit()
-        return
-    probe = loading.uniform_probe(shape, model.input_range)
-    try:
-        loaded = loading.load(
-            store.read_bytes(model.sha256), probe, output=model.requested_output, device=device()
-        )
-        model.backends = loaded.statuses_dict()
-    except AuditInputError as exc:
-        model.backends = {
-            "torch": {"ok": False, "reason": str(exc)},
-            "onnxruntime": {"ok": False, "reason": str(exc)},
-        }
+        return False
+    result = aggregate(session, audit_id)
     session.commit()
+    leases.finish(
+        session, audit_id, AuditStatus.SUCCEEDED, result=result, backend=result["backend"]
+    )
+    return True
+
+
+@dataclass
+class _Beat:
+    """The parent's side of a running child: progress to write, heartbeat and cancel by time."""
+
+    session: Session
+    audit_id: str
+    shard_id: str
+    worker: str
+    every_s: float
+    done: int | None = None
+    stage: str | None = None
+    dirty: bool = False
+    last: float = 0.0
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        if "done" in event:
+            self.done = int(event["done"])
+        if "stage" in event:
+            self.stage = str(event["stage"])[:64]
+        self.dirty = True
+
+    def should_stop(self) -> bool:
+        if SHUTDOWN.is_set():
+            return True
+        now = time.monotonic()
+        if not self.dirty and now - self.last < self.every_s:
+            return False
+        try:
+            stop = leases.heartbeat(
+                self.session, self.audit_id, self.shard_id, self.worker, self.done, self.stage
+            )
+        except Exception as exc:  # a database blink must not kill a long shard; retry soon
+            log.warning("heartbeat of shard %s failed: %s", self.shard_id, exc)
+            self.session.rollback()
+            return False
+        self.dirty, self.last = False, now
+        return stop
+
+
+def _shard_label(position: int, claim: leases.Claim) -> str:
+    return f"shard {position} (samples {claim.start}–{claim.stop - 1})"
+
+
+def execute_shard(
+    *,
+    session: Session,
+    store: ArtifactStore,
+    settings: Settings,
+    audit_id: str,
+    position: int,
+    worker: str,
+) -> Outcome:
+    """Lease one shard and run it in a sandbox child; store its result or end the audit."""
+    claim = leases.claim_shard(session, audit_id, position, worker, settings.stale_after_s)
+    if claim is None:
+        return "skipped"
+    label = _shard_label(position, claim)
+    if claim.attempts > settings.max_shard_attempts:
+        how = claim.last_error or "its worker stopped heartbeating (killed, out of memory or lost)"
+        tries = claim.attempts - 1
+        leases.finish(
+            session, audit_id, AuditStatus.FAILED,
+            error=f"{label} was tried {tries} times and never finished; last time {how}",
+        )  # fmt: skip
+        return "failed"
+    audit = session.get(Audit, audit_id)
+    assert audit is not None
+    assert audit.started_at is not None
+    left = settings.audit_time_limit_s - (utcnow() - audit.started_at).total_seconds()
+    if left <= 0:
+        return _fail(session, audit_id, _time_limit(settings))
+    payload = _payload(store, settings, audit, claim, position)
+    session.commit()  # no transaction stays open while the child runs
+    beat = _Beat(session, audit_id, claim.shard_id, worker, settings.heartbeat_s)
+    try:
+        body = runner.call(
+            "worker.sandboxed:run_shard",
+            payload,
+            settings=settings,
+            wall_seconds=left,
+            readable=[payload["model_path"], payload["dataset_path"]],
+            on_event=beat.on_event,
+            should_stop=beat.should_stop,
+        )
+    except runner.SandboxError as exc:
+        return _ended(session, settings, audit_id, claim, worker, label, exc)
+    return _store(session, store, settings, audit_id, claim, worker, body)
+
+
+def _payload(
+    store: ArtifactStore, settings: Settings, audit: Audit, claim: leases.Claim, position: int
+) -> dict[str, Any]:
+    """What the child needs: artifact paths, the sample range and the config; no secrets."""
+    return {
+        "model_path": str(store.path(audit.model.sha256)),
+        "model_sha256": audit.model.sha256,
+        "dataset_path": str(store.path(audit.dataset.sha256)),
+        "start": claim.start,
+        "stop": claim.stop,
+        "position": position,
+        "config": audit.config,
+        "input_range": audit.model.input_range,
+        "output": audit.model.requested_output,
+        "max_member_bytes": settings.max_npz_member_bytes,
+        "threads": torch_threads(settings),
+        "device": str(sandboxed.device()),
+    }
+
+
+def _ended(
+    session: Session,
+    settings: Settings,
+    audit_id: str,
+    claim: leases.Claim,
+    worker: str,
+    label: str,
+    exc: runner.SandboxError,
+) -> Outcome:
+    """A child that returned no result: stopped, over a limit, raised, or died."""
+    if isinstance(exc, runner.Stopped):
+        if SHUTDOWN.is_set():  # not the shard's fault: give the attempt back
+            leases.release_shard(session, claim.shard_id, worker, None, counted=False)
+            return "released"
+        leases.release_shard(session, claim.shard_id, worker, "stopped: cancel requested")
+        leases.settle_cancel(session, audit_id, settings.stale_after_s)
+        return "cancelled"
+    if isinstance(exc, runner.LimitExceeded):
+        error = _time_limit(settings) if exc.limit == "wall" else f"{label}: {exc}"
+        return _fail(session, audit_id, error)
+    if isinstance(exc, runner.ChildRaised):
+        if exc.kind in INPUT_ERRORS:
+            return _fail(session, audit_id, exc.message)
+        return _fail(session, audit_id, f"internal error in {label}: {exc.kind}: {exc.message}")
+    # died (a signal, a native crash): maybe the host's OOM killer, so try again, counted
+    leases.release_shard(session, claim.shard_id, worker, str(exc)[:1000])
+    return "retry"
+
+
+def _time_limit(settings: Settings) -> str:
+    return (
+        f"the audit ran past its time limit of {settings.audit_time_limit_s} s "
+        "(ROBAUDIT_AUDIT_TIME_LIMIT_S); audit fewer samples or raise the limit"
+    )
+
+
+def _fail(session: Session, audit_id: str, error: str) -> Outcome:
+    leases.finish(session, audit_id, AuditStatus.FAILED, error=error)
+    return "failed"
+
+
+def _store(
+    session: Session,
+    store: ArtifactStore,
+    settings: Settings,
+    audit_id: str,
+    claim: leases.Claim,
+    worker: str,
+    body: dict[str, Any],
+) -> Outcome:
+    for landscape in body["landscapes"]:
+        png = render.landscape_png(landscape)
+        landscape["png_sha256"] = store.save_stream(io.BytesIO(png), max_bytes=len(png)).sha256
+    if not leases.complete_shard(session, audit_id, claim.shard_id, worker, body):
+        # cancelled or failed by a sibling meanwhile, or the lease went to another worker:
+        # the result is dropped, and a cancel that waited for this shard ends now
+        leases.release_shard(session, claim.shard_id, worker, None, counted=False)
+        if leases.settle_cancel(session, audit_id, settings.stale_after_s):
+            return "cancelled"
+        return "skipped"
+    _failpoint("before-finalise", audit_id)
+    finalise(session, audit_id)
+    return "done"
+
+
+def _failpoint(name: str, key: str) -> None:
+    """Fault tests kill this worker here (kill -9), once, when they leave a marker file."""
+    folder = os.environ.get("ROBAUDIT_FAILPOINT_DIR")
+    marker = Path(folder) / f"{name}-{key}" if folder else None
+    if marker is not None and marker.exists():
+        marker.unlink()
+        os.kill(os.getpid(), signal.SIGKILL)

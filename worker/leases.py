@@ -1,81 +1,224 @@
-"""Row-level state transitions of an audit, each one conditional UPDATE."""
+"""Row-level state transitions of audits and shards, each one conditional UPDATE.
+
+A shard is leased by the worker that runs it: `claim_shard` counts the attempt before any
+work starts, the worker heartbeats while it runs, and a shard whose heartbeat is older than
+`Settings.stale_after_s` may be claimed by anyone (its worker is gone). Results are stored
+only by the lease holder of a running audit, so nothing lands after a cancel.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.persistence.models import Audit, AuditShard, AuditStatus, utcnow
+from service.dispatch import settle_cancel
+from service.persistence.models import (
+    ACTIVE,
+    Audit,
+    AuditShard,
+    AuditStatus,
+    ShardStatus,
+    utcnow,
+)
 
-STALE_AFTER = timedelta(minutes=10)
+LIVE = (AuditStatus.QUEUED.value, *(s.value for s in ACTIVE))
+__all__ = ["Claim", "claim_shard", "complete_shard", "finish", "heartbeat", "settle_cancel"]
 
 
-def take_lease(session: Session, audit_id: str, worker: str) -> bool:
-    """queued → running (or take over a running audit whose worker stopped heartbeating)."""
+@dataclass(frozen=True)
+class Claim:
+    shard_id: str
+    start: int
+    stop: int
+    attempts: int
+    last_error: str | None
+
+
+def claim_shard(
+    session: Session, audit_id: str, position: int, worker: str, stale_after_s: float
+) -> Claim | None:
+    """pending (or stale running) → running by `worker`, attempts + 1; None if not ours to run.
+
+    The audit row is updated first (queued → running, touched if running), which locks it,
+    so a concurrent cancel either sees this shard running or makes the claim fail.
+    """
     now = utcnow()
-    result = session.execute(
+    audit = session.execute(
         update(Audit)
         .where(
             Audit.id == audit_id,
             Audit.cancel_requested.is_(False),
+            Audit.status.in_([AuditStatus.QUEUED.value, AuditStatus.RUNNING.value]),
+        )
+        .values(
+            status=AuditStatus.RUNNING.value,
+            started_at=func.coalesce(Audit.started_at, now),
+            heartbeat_at=now,
+        )
+    )
+    if audit.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        return None
+    stale = now - timedelta(seconds=stale_after_s)
+    row = session.execute(
+        update(AuditShard)
+        .where(
+            AuditShard.audit_id == audit_id,
+            AuditShard.position == position,
             or_(
-                Audit.status == AuditStatus.QUEUED.value,
+                AuditShard.status == ShardStatus.PENDING.value,
                 and_(
-                    Audit.status == AuditStatus.RUNNING.value,
-                    Audit.heartbeat_at < now - STALE_AFTER,
+                    AuditShard.status == ShardStatus.RUNNING.value,
+                    or_(AuditShard.heartbeat_at < stale, AuditShard.worker == worker),
                 ),
             ),
         )
         .values(
-            status=AuditStatus.RUNNING.value,
-            started_at=now,
-            heartbeat_at=now,
+            status=ShardStatus.RUNNING.value,
             worker=worker,
-            attempts=Audit.attempts + 1,
-            stage="loading",
+            heartbeat_at=now,
+            # the same live worker again (a task retried after a database or broker error):
+            # the attempt did not die, so it is not counted twice
+            attempts=case(
+                (
+                    and_(
+                        AuditShard.status == ShardStatus.RUNNING.value,
+                        AuditShard.worker == worker,
+                    ),
+                    AuditShard.attempts,
+                ),
+                else_=AuditShard.attempts + 1,
+            ),
         )
-    )
+        .returning(
+            AuditShard.id,
+            AuditShard.start,
+            AuditShard.stop,
+            AuditShard.attempts,
+            AuditShard.last_error,
+            AuditShard.done,
+        )
+    ).one_or_none()
+    if row is None:
+        session.rollback()  # done, or running on a live worker: a duplicate delivery
+        return None
+    if row.done:  # a taken-over shard starts again from zero
+        _add_progress(session, audit_id, -row.done)
+        session.execute(update(AuditShard).where(AuditShard.id == row.id).values(done=0))
     session.commit()
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return Claim(row.id, row.start, row.stop, row.attempts, row.last_error)
 
 
-def report_shard_progress(
-    session: Session, audit_id: str, shard_id: str, done: int, stage: str
+def _add_progress(session: Session, audit_id: str, delta: int) -> None:
+    # An increment, not a recomputed sum: concurrent shards would overwrite each other's sum.
+    session.execute(
+        update(Audit).where(Audit.id == audit_id).values(progress_done=Audit.progress_done + delta)
+    )
+
+
+def heartbeat(
+    session: Session,
+    audit_id: str,
+    shard_id: str,
+    worker: str,
+    done: int | None = None,
+    stage: str | None = None,
 ) -> bool:
-    """Store a shard's progress, the audit's total and a heartbeat; True means stop now.
+    """Store a shard's progress and heartbeat; True means stop now.
 
-    Stops on a cancel request, and when the audit is no longer running (another shard
-    failed it). Ends with a commit so that no transaction stays open while the engine runs.
+    Stops on a cancel request, when the audit is no longer active (another shard failed
+    it) and when this worker lost the lease. Ends with a commit.
     """
+    now = utcnow()
     cancel, status = session.execute(
         select(Audit.cancel_requested, Audit.status).where(Audit.id == audit_id)
     ).one()
-    session.execute(update(AuditShard).where(AuditShard.id == shard_id).values(done=done))
-    total = (
-        select(func.coalesce(func.sum(AuditShard.done), 0))
-        .where(AuditShard.audit_id == audit_id)
-        .scalar_subquery()
+    previous = session.scalar(
+        select(AuditShard.done).where(
+            AuditShard.id == shard_id,
+            AuditShard.worker == worker,
+            AuditShard.status == ShardStatus.RUNNING.value,
+        )
     )
-    session.execute(
-        update(Audit)
-        .where(Audit.id == audit_id)
-        .values(progress_done=total, stage=stage, heartbeat_at=utcnow())
-    )
+    if previous is None:
+        session.commit()
+        return True  # the lease went to another worker
+    shard_values: dict[str, Any] = {"heartbeat_at": now}
+    audit_values: dict[str, Any] = {"heartbeat_at": now}
+    if done is not None and done != previous:
+        shard_values["done"] = done
+        audit_values["progress_done"] = Audit.progress_done + (done - previous)
+    if stage is not None:
+        audit_values["stage"] = stage
+    session.execute(update(AuditShard).where(AuditShard.id == shard_id).values(**shard_values))
+    session.execute(update(Audit).where(Audit.id == audit_id).values(**audit_values))
     session.commit()
     return bool(cancel) or status != AuditStatus.RUNNING.value
 
 
-def release_lease(session: Session, audit_id: str) -> None:
-    """running → queued and undispatched, so a sweeper sends it again (its shards were not sent)."""
+def release_shard(
+    session: Session, shard_id: str, worker: str, error: str | None, *, counted: bool = True
+) -> None:
+    """running → pending, keeping how this attempt ended; the shard will be sent again.
+
+    `counted=False` gives the attempt back: the worker stopped it, the shard did no harm.
+    """
+    values: dict[str, Any] = {
+        "status": ShardStatus.PENDING.value,
+        "worker": None,
+        "sent_at": None,
+        "last_error": error,
+    }
+    if not counted:
+        values["attempts"] = AuditShard.attempts - 1
     session.execute(
-        update(Audit)
-        .where(Audit.id == audit_id, Audit.status == AuditStatus.RUNNING.value)
-        .values(status=AuditStatus.QUEUED.value, dispatched_at=None, worker=None, stage=None)
+        update(AuditShard)
+        .where(AuditShard.id == shard_id, AuditShard.worker == worker)
+        .values(**values)
     )
     session.commit()
+
+
+def complete_shard(
+    session: Session, audit_id: str, shard_id: str, worker: str, body: dict[str, Any]
+) -> bool:
+    """Store a shard's result and count it, atomically, if this worker still holds the lease
+    and the audit is still running; False for a repeated delivery or a cancelled audit."""
+    running = session.execute(
+        update(Audit)
+        .where(Audit.id == audit_id, Audit.status == AuditStatus.RUNNING.value)
+        .values(shards_done=Audit.shards_done + 1)
+    )
+    marked = session.execute(
+        update(AuditShard)
+        .where(
+            AuditShard.id == shard_id,
+            AuditShard.worker == worker,
+            AuditShard.status == ShardStatus.RUNNING.value,
+        )
+        .values(status=ShardStatus.DONE.value, result=body, finished_at=utcnow())
+    )
+    if running.rowcount != 1 or marked.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        return False
+    session.commit()
+    return True
+
+
+def all_done(session: Session, audit_id: str) -> bool:
+    """Whether every planned shard of the audit has its result."""
+    total, done = session.execute(
+        select(
+            func.count(AuditShard.id),
+            func.count(AuditShard.id).filter(AuditShard.status == ShardStatus.DONE.value),
+        ).where(AuditShard.audit_id == audit_id)
+    ).one()
+    planned = session.scalar(select(Audit.shards_total).where(Audit.id == audit_id))
+    return bool(total) and total == done == planned
 
 
 def finish(
@@ -86,18 +229,28 @@ def finish(
     result: dict[str, Any] | None = None,
     error: str | None = None,
     backend: str | None = None,
-) -> None:
-    """running → a terminal status, with the result or the error."""
-    session.execute(
-        update(Audit)
-        .where(Audit.id == audit_id, Audit.status == AuditStatus.RUNNING.value)
-        .values(
-            status=status.value,
-            result=result,
-            error=error,
-            backend=backend,
-            finished_at=utcnow(),
-            stage=status.value,
-        )
-    )
+) -> bool:
+    """A live audit → a terminal status, with the result or the error; once only.
+
+    An audit whose cancel was requested ends `cancelled` rather than failed (the user asked),
+    and never succeeds.
+    """
+    where = [Audit.id == audit_id, Audit.status.in_(LIVE)]
+    final: Any = status.value
+    if status == AuditStatus.SUCCEEDED:
+        where.append(Audit.cancel_requested.is_(False))
+    else:
+        final = case((Audit.cancel_requested.is_(True), AuditStatus.CANCELLED.value), else_=final)
+    values: dict[str, Any] = {
+        "status": final,
+        "result": result,
+        "error": error,
+        "backend": backend,
+        "finished_at": utcnow(),
+        "stage": final,
+    }
+    if status == AuditStatus.SUCCEEDED:
+        values["progress_done"] = Audit.progress_total  # every shard's count is in
+    outcome = session.execute(update(Audit).where(*where).values(**values))
     session.commit()
+    return outcome.rowcount == 1  # type: ignore[attr-defined]

@@ -1,44 +1,68 @@
-"""Each worker re-sends audits whose task message never reached the broker (outbox sweep)."""
+"""Each worker's sweeper thread: takes over shards of dead workers, re-sends lost or unsent
+work (service/dispatch.py), and finalises audits whose shards are all done but whose
+finalisation was interrupted (a worker killed between the last shard's commit and the merge)."""
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.dispatch import resend_stale
+from service.dispatch import sweep
+from service.persistence.models import ACTIVE, Audit
 from service.persistence.session import make_engine, make_session_factory
 from service.sweep import sweep_configured
+from worker import execution
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
 
 
-def sweep_forever(app: Any, interval: float) -> None:
-    """Sweep now, then every `interval` seconds, until the worker shuts down."""
-    factory = make_session_factory(make_engine(Settings.from_env().database_url))
+def finalise_done(session: Session) -> list[str]:
+    """Running audits whose shard counter is full: merge and finish them (idempotent)."""
+    ids = session.scalars(
+        select(Audit.id).where(
+            Audit.status.in_([s.value for s in ACTIVE]),
+            Audit.shards_total > 0,
+            Audit.shards_done >= Audit.shards_total,
+        )
+    ).all()
+    session.commit()
+    return [audit_id for audit_id in ids if execution.finalise(session, audit_id)]
+
+
+def sweep_once(app: Any, session: Session, settings: Settings) -> None:
+    done = finalise_done(session)
+    report = sweep(app, session, settings)
+    report["finalised"] = done
+    for kind, items in report.items():
+        if items:
+            log.info("sweeper %s: %s", kind, ", ".join(items))
+
+
+def sweep_forever(app: Any, settings: Settings) -> None:
+    """Sweep now, then every `sweep_interval_s` seconds, until the worker shuts down."""
+    factory = make_session_factory(make_engine(settings.database_url))
     while not _stop.is_set():
         try:
             with factory() as session:
-                sent = resend_stale(app, session)
-                sweep_configured(session=session, settings=Settings.from_env())
-            if sent:
-                log.info("re-sent %d undispatched audit(s): %s", len(sent), ", ".join(sent))
+                sweep_once(app, session, settings)
+                sweep_configured(session=session, settings=settings)
         except Exception as exc:  # the broker or database may be down; try again later
             log.warning("sweep failed: %s", exc)
-        _stop.wait(interval)
+        _stop.wait(settings.sweep_interval_s)
 
 
 @worker_ready.connect
 def _start(sender: Any = None, **_kwargs: Any) -> None:
-    interval = float(os.environ.get("ROBAUDIT_SWEEP_INTERVAL_S", "30"))
     app = sender.app if sender is not None else None
     threading.Thread(
-        target=sweep_forever, args=(app, interval), name="robaudit-sweeper", daemon=True
+        target=sweep_forever, args=(app, Settings.from_env()), name="robaudit-sweeper", daemon=True
     ).start()
 
 

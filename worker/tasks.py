@@ -1,57 +1,80 @@
-"""Thin tasks: take IDs, lease rows, call the numeric core, store the outcome."""
+"""Thin tasks: take IDs, call worker/execution.py, send follow-up work by name.
+
+Database and broker errors are retried with backoff (the base task's session rolls back);
+input errors fail the audit at once (execution.py); a shard whose sandbox child died is
+released and sent again, and its attempt counter ends it after Settings.max_shard_attempts.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+from typing import Any
 
+from celery.signals import worker_init, worker_process_init, worker_shutting_down
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
-from service.persistence.models import AuditStatus
+from service.persistence.models import TERMINAL, Audit, AuditShard, utcnow
 from service.queue import INSPECT_MODEL, RUN_AUDIT, RUN_SHARD
-from worker import execution
+from worker import execution, inspection, leases
 from worker.base import RobauditTask
 from worker.celery_app import app
-from worker.leases import finish, release_lease, take_lease
+from worker.threads import torch_threads
 
 log = logging.getLogger(__name__)
 TIME_LIMIT = int(os.environ.get("ROBAUDIT_AUDIT_TIME_LIMIT_S", str(6 * 3600)))
-RETRYABLE = (OperationalError,)  # the database blinked; the broker's own redelivery covers the rest
-OUTCOME_STATUS = {"failed": AuditStatus.FAILED, "cancelled": AuditStatus.CANCELLED}
-# Warehouse-style options shared by every task; each task adds its own explicit time limits.
-COMMON = {
+RETRYABLE = (DBAPIError, BrokerError)  # the database or the broker blinked: try again later
+COMMON: dict[str, Any] = {
     "base": RobauditTask,
     "bind": True,
     "acks_late": True,
     "autoretry_for": RETRYABLE,
     "retry_backoff": True,
-    "max_retries": 5,
+    "retry_backoff_max": 60,
+    "max_retries": 8,
 }
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def send_shards(session: Session, audit_id: str, positions: list[int]) -> None:
+    """One task per shard; `sent_at` records it (the sweeper sends shards left unsent)."""
+    for position in positions:
+        app.send_task(RUN_SHARD, args=[audit_id, position])
+        session.execute(
+            update(AuditShard)
+            .where(AuditShard.audit_id == audit_id, AuditShard.position == position)
+            .values(sent_at=utcnow())
+        )
+        session.commit()
 
 
 @app.task(name=RUN_AUDIT, time_limit=600, soft_time_limit=540, **COMMON)
 def run_audit(self: RobauditTask, audit_id: str) -> str:
-    """Lease the audit, split it into shards and send one task per shard."""
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    """Plan the audit's shards and send them; finalise it if they are all done already."""
     with self.session() as session:
-        if not take_lease(session, audit_id, worker):
-            log.info("audit %s not leased (already taken, finished or cancelled)", audit_id)
+        audit = session.get(Audit, audit_id)
+        if audit is None or audit.status in {s.value for s in TERMINAL}:
             return "skipped"
+        if audit.cancel_requested:
+            leases.settle_cancel(session, audit_id, self.settings.stale_after_s)
+            return "cancelled"
         positions = execution.plan_shards(session, audit_id, self.settings.shard_size)
-        try:
-            for position in positions:
-                app.send_task(RUN_SHARD, args=[audit_id, position])
-        except BrokerError:
-            release_lease(session, audit_id)  # a sweeper sends the audit again later
-            raise
+        if execution.finalise(session, audit_id):
+            return "finalised"
+        send_shards(session, audit_id, positions)
     return f"{len(positions)} shard(s)"
 
 
-@app.task(name=RUN_SHARD, time_limit=TIME_LIMIT, soft_time_limit=max(TIME_LIMIT - 60, 30), **COMMON)
+@app.task(name=RUN_SHARD, time_limit=TIME_LIMIT + 300, **COMMON)
 def run_shard(self: RobauditTask, audit_id: str, position: int) -> str:
-    """Run one shard; the shard that completes the count aggregates and finishes the audit."""
+    """Run one shard in the sandbox; the last one to finish finalises the audit."""
     with self.session() as session:
         outcome = execution.execute_shard(
             session=session,
@@ -59,22 +82,34 @@ def run_shard(self: RobauditTask, audit_id: str, position: int) -> str:
             settings=self.settings,
             audit_id=audit_id,
             position=position,
+            worker=worker_name(),
         )
-        if outcome.kind in OUTCOME_STATUS:
-            finish(session, audit_id, OUTCOME_STATUS[outcome.kind], error=outcome.error)
-        elif outcome.result is not None and execution.complete_shard(
-            session, audit_id, position, outcome.result
-        ):
-            result = execution.aggregate(session, audit_id)
-            finish(
-                session, audit_id, AuditStatus.SUCCEEDED, result=result, backend=result["backend"]
-            )
-        return outcome.kind
+        if outcome == "retry":
+            send_shards(session, audit_id, [position])
+        return outcome
 
 
-@app.task(name=INSPECT_MODEL, time_limit=1800, soft_time_limit=1740, **COMMON)
+@app.task(name=INSPECT_MODEL, time_limit=2400, **COMMON)
 def inspect_model(self: RobauditTask, model_id: str) -> str:
     """Convert the model and check parity on inputs drawn from its range; store the status."""
     with self.session() as session:
-        execution.inspect_model(session=session, store=self.store, model_id=model_id)
-    return AuditStatus.SUCCEEDED.value
+        return inspection.inspect_model(
+            session=session, store=self.store, settings=self.settings, model_id=model_id
+        )
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _set_threads(**_kwargs: Any) -> None:
+    import torch
+
+    from service.config import Settings
+
+    threads = torch_threads(Settings.from_env())
+    torch.set_num_threads(threads)
+    log.info("torch threads: %d", threads)
+
+
+@worker_shutting_down.connect
+def _stop_shards(**_kwargs: Any) -> None:
+    execution.SHUTDOWN.set()

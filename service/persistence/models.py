@@ -70,12 +70,20 @@ class Base(DeclarativeBase):
 class AuditStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    CANCELLING = "cancelling"  # cancel requested while running; its shards are being stopped
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
 TERMINAL = (AuditStatus.SUCCEEDED, AuditStatus.FAILED, AuditStatus.CANCELLED)
+ACTIVE = (AuditStatus.RUNNING, AuditStatus.CANCELLING)
+
+
+class ShardStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
 
 
 class Tenant(Base):
@@ -123,6 +131,10 @@ class Model(Base):
     backends: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
+    # Inspection outbox: the sweeper re-sends an inspection never finished (issue 10).
+    inspected_at: Mapped[datetime | None]
+    inspect_sent_at: Mapped[datetime | None]
+    inspect_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Dataset(Base):
@@ -194,7 +206,14 @@ class AuditShard(Base):
     position: Mapped[int] = mapped_column(Integer)
     start: Mapped[int] = mapped_column(Integer)
     stop: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=ShardStatus.PENDING.value)
     done: Mapped[int] = mapped_column(Integer, default=0)
     result: Mapped[dict[str, Any] | None]
     finished_at: Mapped[datetime | None]
+    # A shard is leased like an audit: attempts are counted before it runs, a worker that
+    # stops heartbeating loses it, and how the last attempt died is kept for the error.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    worker: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)

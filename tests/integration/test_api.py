@@ -225,7 +225,8 @@ def test_create_and_read_an_audit(
     assert audit["config"]["epsilons"] == [0.03]
     assert audit["config"]["norm"] == "linf"
     assert audit["config"]["steps"] == 20
-    assert audit["progress"] == {"done": 0, "total": 16, "stage": None}
+    # one unit per sample for the clean pass and one per sample and ε
+    assert audit["progress"] == {"done": 0, "total": 32, "stage": None, "eta_seconds": None}
     assert audit["result"] is None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.persistence.models import Audit
@@ -148,16 +148,18 @@ def test_losing_an_upload_race_answers_the_winner(
     db_session.commit()  # the session is still usable: the failed insert was a savepoint
 
 
-def test_sweeper_recovers_abandoned_and_unsent_audits(
+def test_sweeper_recovers_abandoned_shards_and_unsent_work(
     client: FlaskClient, auth: dict[str, str], db_session: Session, ids: tuple[str, str], settings
 ) -> None:
-    """A worker died mid-audit (no heartbeat for an hour); another audit's send was lost."""
+    """A worker died mid-shard (no heartbeat for an hour), a cancelled audit's only worker
+    died too, another audit's send was lost, and a model's inspection was never sent."""
     from datetime import timedelta
 
-    from service.dispatch import resend_stale
-    from service.persistence.models import utcnow
+    from service.dispatch import sweep
+    from service.persistence.models import AuditShard, Model, utcnow
     from service.queue import make_celery
-    from worker.leases import take_lease
+    from worker.execution import plan_shards
+    from worker.leases import claim_shard
 
     def audit(seed: int) -> str:
         body = {"model_id": ids[0], "dataset_id": ids[1], "config": {"seed": seed}}
@@ -166,25 +168,37 @@ def test_sweeper_recovers_abandoned_and_unsent_audits(
     hour_ago = utcnow() - timedelta(hours=1)
     abandoned, abandoned_cancel, unsent, fresh = audit(0), audit(1), audit(2), audit(3)
     for leased in (abandoned, abandoned_cancel):
-        assert take_lease(db_session, leased, "a-worker-that-dies")
+        [position] = plan_shards(db_session, leased, 512)
+        assert claim_shard(db_session, leased, position, "a-worker-that-dies", 60) is not None
     db_session.execute(
-        update(Audit)
-        .where(Audit.id.in_([abandoned, abandoned_cancel]))
+        update(AuditShard)
+        .where(AuditShard.audit_id.in_([abandoned, abandoned_cancel]))
         .values(heartbeat_at=hour_ago)
     )
     db_session.execute(
-        update(Audit).where(Audit.id == abandoned_cancel).values(cancel_requested=True)
+        update(Audit)
+        .where(Audit.id == abandoned_cancel)
+        .values(cancel_requested=True, status="cancelling")
     )
     db_session.execute(
         update(Audit).where(Audit.id == unsent).values(dispatched_at=None, created_at=hour_ago)
     )
+    db_session.execute(update(Model).where(Model.id == ids[0]).values(created_at=hour_ago))
     db_session.commit()
-    sent = resend_stale(make_celery(settings), db_session)
-    assert set(sent) == {abandoned, unsent}  # `fresh` was sent moments ago: left alone
+    celery = make_celery(settings)
+    report = sweep(celery, db_session, settings)
+    assert report["taken_over"] == ["2"]
+    assert set(report["audits"]) == {unsent}  # `fresh` was sent moments ago: left alone
+    assert report["shards"] == [f"{abandoned}/0"]  # taken over and sent again
+    assert report["inspections"] == [ids[0]]
     states = {a: db_session.get(Audit, a) for a in (abandoned, abandoned_cancel, unsent, fresh)}
     for row in states.values():
         db_session.refresh(row)
-    assert states[abandoned].status == "queued"
-    assert states[abandoned].dispatched_at is not None
+    assert states[abandoned].status == "running"
     assert states[abandoned_cancel].status == "cancelled"
-    assert resend_stale(make_celery(settings), db_session) == []  # claimed: not sent twice
+    shard = db_session.scalars(select(AuditShard).where(AuditShard.audit_id == abandoned)).one()
+    assert (shard.status, shard.attempts) == ("pending", 1)
+    assert shard.last_error is not None
+    assert "stopped heartbeating" in shard.last_error
+    again = sweep(celery, db_session, settings)  # claimed: nothing is sent twice
+    assert again == {"taken_over": [], "audits": [], "shards": [], "inspections": []}

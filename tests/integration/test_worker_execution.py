@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from flask.testing import FlaskClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from robaudit.digits import to_onnx
 from service.config import Settings
-from service.persistence.models import Audit, AuditStatus, Model
+from service.persistence.models import Audit, AuditShard, Model
 from service.storage import ArtifactStore
 from tests.factories import hostile
 from tests.factories.api import upload_dataset, upload_model
 from tests.factories.models import cnn_onnx, digits_split, natural_cnn
-from worker import execution
-from worker.leases import finish, take_lease
+from worker import execution, inspection, leases
 
 
 class NaNScores(torch.nn.Module):
@@ -27,6 +28,14 @@ class NaNScores(torch.nn.Module):
 
 
 SMALL = {"epsilons": [0.1, 0.2], "steps": 5, "max_samples": 40}
+# for lifecycle tests, where the numbers do not matter: no landscapes, one ε, few steps
+LIGHT = {
+    "epsilons": [0.1],
+    "steps": 2,
+    "max_samples": 40,
+    "baselines": ["clean"],
+    "landscape": {"samples": 0},
+}
 
 
 def queue_audit(client: FlaskClient, auth: dict[str, str], model: bytes, config: dict) -> str:
@@ -45,26 +54,16 @@ def queue_audit(client: FlaskClient, auth: dict[str, str], model: bytes, config:
 
 def run(db_session: Session, settings: Settings, audit_id: str, shard_size: int = 512) -> Audit:
     """What the run_audit and run_shard tasks do, in-process and in order."""
-    assert take_lease(db_session, audit_id, "test-worker")
-    assert not take_lease(db_session, audit_id, "second-worker")  # the lease is exclusive
     store = ArtifactStore(settings.artifact_dir)
     for position in execution.plan_shards(db_session, audit_id, shard_size):
-        outcome = execution.execute_shard(
-            session=db_session, store=store, settings=settings, audit_id=audit_id, position=position
+        execution.execute_shard(
+            session=db_session,
+            store=store,
+            settings=settings,
+            audit_id=audit_id,
+            position=position,
+            worker="test-worker",
         )
-        if outcome.kind in ("failed", "cancelled"):
-            finish(db_session, audit_id, AuditStatus(outcome.kind), error=outcome.error)
-        elif outcome.result is not None and execution.complete_shard(
-            db_session, audit_id, position, outcome.result
-        ):
-            result = execution.aggregate(db_session, audit_id)
-            finish(
-                db_session,
-                audit_id,
-                AuditStatus.SUCCEEDED,
-                result=result,
-                backend=result["backend"],
-            )
     audit = db_session.get(Audit, audit_id)
     assert audit is not None
     db_session.refresh(audit)
@@ -140,30 +139,45 @@ def test_model_that_emits_nan_fails_with_a_clear_error(
     assert "NaN or inf" in audit.error
 
 
-def test_cancel_requested_while_running_stops_at_a_batch_boundary(
+def test_cancel_while_a_shard_runs_drops_its_result(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:
-    audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), SMALL)
-    assert take_lease(db_session, audit_id, "test-worker")
+    """`cancelling` while a shard runs; its result is refused; the cancel then settles."""
+    audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), LIGHT)
     [position] = execution.plan_shards(db_session, audit_id, 512)
-    db_session.execute(update(Audit).where(Audit.id == audit_id).values(cancel_requested=True))
-    db_session.commit()
-    outcome = execution.execute_shard(
-        session=db_session,
-        store=ArtifactStore(settings.artifact_dir),
-        settings=settings,
-        audit_id=audit_id,
-        position=position,
-    )
-    assert outcome.kind == "cancelled"
+    claim = leases.claim_shard(db_session, audit_id, position, "w", settings.stale_after_s)
+    assert claim is not None
+    resp = client.post(f"/v1/audits/{audit_id}/cancel", headers=auth)
+    assert resp.get_json()["status"] == "cancelling"  # a shard is running: not over yet
+    assert leases.heartbeat(db_session, audit_id, claim.shard_id, "w", 5, "clean")  # stop
+    assert leases.claim_shard(db_session, audit_id, position, "w2", 60) is None
+    assert not leases.complete_shard(db_session, audit_id, claim.shard_id, "w", {"x": 1})
+    leases.release_shard(db_session, claim.shard_id, "w", "stopped: cancel requested")
+    assert leases.settle_cancel(db_session, audit_id, settings.stale_after_s)
+    audit = db_session.get(Audit, audit_id)
+    assert audit is not None
+    db_session.refresh(audit)
+    assert (audit.status, audit.result, audit.shards_done) == ("cancelled", None, 0)
+    shard = db_session.scalars(select(AuditShard).where(AuditShard.audit_id == audit_id)).one()
+    assert (shard.status, shard.result) == ("pending", None)
 
 
 def test_inspect_model_fills_backend_status(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:
     model_id = upload_model(client, auth, cnn_onnx(natural_cnn())).get_json()["id"]
-    execution.inspect_model(
-        session=db_session, store=ArtifactStore(settings.artifact_dir), model_id=model_id
+    store = ArtifactStore(settings.artifact_dir)
+    assert (
+        inspection.inspect_model(
+            session=db_session, store=store, settings=settings, model_id=model_id
+        )
+        == "inspected"
+    )
+    assert (
+        inspection.inspect_model(
+            session=db_session, store=store, settings=settings, model_id=model_id
+        )
+        == "skipped"
     )
     model = db_session.get(Model, model_id)
     assert model is not None
@@ -183,7 +197,7 @@ def test_sharded_audit_aggregates_once(
     assert audit.status == "succeeded", audit.error
     assert (audit.shards_total, audit.shards_done) == (3, 3)
     assert MODELS.misses - misses <= 1  # one conversion (none if cached), shared by the shards
-    assert audit.progress_done == audit.progress_total == 40 * 2
+    assert audit.progress_done == audit.progress_total == 40 * (2 + 1)  # clean + 2 ε
     result = audit.result
     assert result is not None
     assert result["samples"] == 40
@@ -193,10 +207,15 @@ def test_sharded_audit_aggregates_once(
     # a redelivered shard is neither run nor counted again
     store = ArtifactStore(settings.artifact_dir)
     again = execution.execute_shard(
-        session=db_session, store=store, settings=settings, audit_id=audit_id, position=1
-    )
-    assert again.kind == "skipped"
-    assert not execution.complete_shard(db_session, audit_id, 1, {"samples": 0})
+        session=db_session, store=store, settings=settings, audit_id=audit_id, position=1,
+        worker="w",
+    )  # fmt: skip
+    assert again == "skipped"
+    shard = db_session.scalars(
+        select(AuditShard).where(AuditShard.audit_id == audit_id, AuditShard.position == 1)
+    ).one()
+    assert not leases.complete_shard(db_session, audit_id, shard.id, "test-worker", {})
+    assert shard.attempts == 1
 
 
 def test_a_failed_audit_stops_its_other_shards(
@@ -208,3 +227,88 @@ def test_a_failed_audit_stops_its_other_shards(
     assert audit.error is not None
     assert "NaN or inf" in audit.error
     assert audit.shards_done == 0  # shards 1 and 2 saw a failed audit and skipped
+
+
+def test_finalise_is_idempotent_and_retriggered(
+    client: FlaskClient,
+    auth: dict[str, str],
+    db_session: Session,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker died between the last shard's commit and the merge: a re-delivered run_audit
+    and the sweeper both finish it, any number of times, with the same result."""
+    from worker.sweeper import finalise_done
+
+    audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), LIGHT)
+    real_finalise = execution.finalise
+    monkeypatch.setattr(execution, "finalise", lambda _session, _audit_id: False)
+    audit = run(db_session, settings, audit_id, shard_size=20)
+    assert (audit.status, audit.shards_done, audit.result) == ("running", 2, None)
+    monkeypatch.setattr(execution, "finalise", real_finalise)
+
+    assert execution.plan_shards(db_session, audit_id, 20) == []  # what run_audit does first
+    assert finalise_done(db_session) == [audit_id]  # the sweeper
+    db_session.refresh(audit)
+    assert audit.status == "succeeded"
+    first = audit.result
+    assert first is not None
+    assert audit.progress_done == audit.progress_total
+    assert execution.finalise(db_session, audit_id)  # run_audit on a re-delivery
+    assert finalise_done(db_session) == []
+    db_session.refresh(audit)
+    assert audit.status == "succeeded"
+    assert audit.result == first
+
+
+def test_a_shard_whose_worker_keeps_dying_fails_the_audit_naming_it(
+    client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
+) -> None:
+    """Each attempt is counted before it runs; after `max_shard_attempts` the audit fails."""
+    from datetime import timedelta
+
+    from service.dispatch import take_over_stale_shards
+    from service.persistence.models import utcnow
+
+    audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), SMALL)
+    [position] = execution.plan_shards(db_session, audit_id, 512)
+    for attempt in range(settings.max_shard_attempts):
+        claim = leases.claim_shard(db_session, audit_id, position, f"w{attempt}", 60)
+        assert claim is not None
+        assert claim.attempts == attempt + 1
+        assert leases.claim_shard(db_session, audit_id, position, "other", 60) is None  # held
+        again = leases.claim_shard(db_session, audit_id, position, f"w{attempt}", 60)
+        assert again is not None  # the same worker retrying after a database error
+        assert again.attempts == attempt + 1  # is not a second attempt
+        db_session.execute(  # the worker is killed: its heartbeat goes stale
+            update(AuditShard)
+            .where(AuditShard.id == claim.shard_id)
+            .values(heartbeat_at=utcnow() - timedelta(hours=1))
+        )
+        db_session.commit()
+        assert take_over_stale_shards(db_session, settings) == 1
+    outcome = execution.execute_shard(
+        session=db_session,
+        store=ArtifactStore(settings.artifact_dir),
+        settings=settings,
+        audit_id=audit_id,
+        position=position,
+        worker="last",
+    )
+    assert outcome == "failed"
+    audit = db_session.get(Audit, audit_id)
+    assert audit is not None
+    db_session.refresh(audit)
+    assert audit.status == "failed"
+    assert audit.error is not None
+    assert "shard 0 (samples 0–39) was tried 3 times" in audit.error
+    assert "stopped heartbeating" in audit.error
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _end_the_sandbox() -> Iterator[None]:
+    """The worker keeps its sandbox child between calls; a test module ends it."""
+    from worker import runner
+
+    yield
+    runner.close()

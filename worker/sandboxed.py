@@ -1,0 +1,95 @@
+"""What runs inside the sandbox child: untrusted model handling, and nothing else.
+
+Each function takes a JSON payload (artifact paths, sample range, config) and an `emit`
+callback, and returns JSON. No database, no artifact store, no settings: the parent reads
+the rows, passes the paths, writes what comes back, and kills the child on cancel.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustness import engine, loading
+from robustness.datasets import load_npz
+from robustness.report import result_to_dict
+from robustness.spec import BackendKind, spec_from_config
+from worker.model_cache import MODELS
+
+PROBE_SAMPLES = 32
+Emit = Callable[[dict[str, Any]], None]
+
+
+def device() -> torch.device:
+    """ROBAUDIT_DEVICE if set (e.g. cpu, cuda:1), else CUDA when present."""
+    name = os.environ.get("ROBAUDIT_DEVICE")
+    return torch.device(name) if name else loading.default_device()
+
+
+def _use_threads(payload: dict[str, Any]) -> None:
+    threads = payload.get("threads")
+    if threads and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
+
+
+def run_shard(payload: dict[str, Any], emit: Emit) -> dict[str, Any]:
+    """The engine on samples [start, stop) of the dataset; emits progress once per batch."""
+    _use_threads(payload)
+    dev = torch.device(payload["device"]) if payload.get("device") else device()
+    start, stop = int(payload["start"]), int(payload["stop"])
+    spec = spec_from_config(payload["config"], payload["input_range"])
+    if payload["position"] != 0:
+        spec = replace(spec, landscape_samples=0)  # the first shard draws the surfaces
+    x, y = load_npz(Path(payload["dataset_path"]), max_member_bytes=payload["max_member_bytes"])
+    x, y = x[start:stop].astype(np.float32), y[start:stop].astype(np.int64)
+    model_path = Path(payload["model_path"])
+    loaded = MODELS.get(
+        payload["model_sha256"],
+        model_path.read_bytes,
+        x[:PROBE_SAMPLES],
+        output=payload["output"],
+        backend=BackendKind(payload["config"]["backend"]),
+        device=dev,
+        seed=spec.seed,
+        fd_directions=spec.fd_directions,
+    )
+    emit({"stage": "loaded"})
+
+    def progress(done: int, _total: int, stage: str) -> None:
+        emit({"done": done, "stage": stage})
+
+    result = engine.run_audit(
+        loaded.backend,
+        x,
+        y,
+        spec,
+        device=dev,
+        parity_max_abs_diff=loaded.parity_max_abs_diff,
+        progress=progress,
+        sample_offset=start,
+    )
+    body = result_to_dict(result)
+    body["stage_seconds"] = result.stage_seconds
+    body["manifest_part"] = {
+        "device": str(dev),
+        "backends": loaded.statuses_dict(),
+        "notes": list(loaded.notes),
+    }
+    return body
+
+
+def inspect_model(payload: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+    """The `backends` status of a model from a parity check on inputs drawn from its range."""
+    _use_threads(payload)
+    probe = loading.uniform_probe(payload["shape"], payload["input_range"])
+    dev = torch.device(payload["device"]) if payload.get("device") else device()
+    loaded = loading.load(
+        Path(payload["model_path"]).read_bytes(), probe, output=payload["output"], device=dev
+    )
+    return loaded.statuses_dict()
