@@ -81,7 +81,8 @@ def compare_audits(
 
 
 def metrics_text(*, session: Session, tenant_id: str) -> str:
-    """Prometheus text exposition of this tenant's audit counts."""
+    """Prometheus text exposition of this tenant's audit counts, and its live models and
+    datasets (soft-deleted ones are gone for the tenant, so they are not counted)."""
     lines = [
         "# HELP robaudit_audits Audits of this tenant by status.",
         "# TYPE robaudit_audits gauge",
@@ -93,11 +94,15 @@ def metrics_text(*, session: Session, tenant_id: str) -> str:
             .group_by(Audit.status)
         ).all()
     )
-    for status in AuditStatus:
-        lines.append(f'robaudit_audits{{status="{status.value}"}} {counts.get(status.value, 0)}')
+    # Every status the rows hold, so a state added later (cancelling) is never hidden.
+    statuses = [s.value for s in AuditStatus] + sorted(set(counts) - set(AuditStatus))
+    for status in statuses:
+        lines.append(f'robaudit_audits{{status="{status}"}} {counts.get(status, 0)}')
     for name, entity in (("models", Model), ("datasets", Dataset)):
         total = session.scalar(
-            select(func.count()).select_from(entity).where(entity.tenant_id == tenant_id)
+            select(func.count())
+            .select_from(entity)
+            .where(entity.tenant_id == tenant_id, entity.deleted_at.is_(None))
         )
         lines += [f"# TYPE robaudit_{name} gauge", f"robaudit_{name} {total or 0}"]
     return "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, current_app
 
-from service import catalog
+from service import catalog, limits
 from service.api.common import blueprint, json_response, settings, store
 from service.auth import tenant_id
 from service.db import db
@@ -18,6 +18,7 @@ bp = blueprint("models", "/v1/models")
 def upload_model(form: ModelForm) -> Response:
     """Upload an ONNX classifier; the same bytes again return the existing model."""
     session = db.session
+    limits.check_storage(session, tenant_id(), settings(), limits.upload_size(form.file.stream))
     row, created = catalog.create_model(
         session=session,
         store=store(),
