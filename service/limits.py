@@ -54,7 +54,7 @@ class Budget:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "expected_seconds": round(self.seconds, 1),
+            "expected_seconds": round(self.seconds, 3),
             "passes_per_second": round(self.passes_per_second, 1),
             "basis": self.basis,
         }
