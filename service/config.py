@@ -52,7 +52,7 @@ class Settings:
     audit_time_limit_s: int = 6 * 3600
     shard_size: int = 512
     # budgets (issue 10): caps per audit and per tenant, rate limits (service/limits.py)
-    default_passes_per_s: float = 20_000.0
+    default_passes_per_s: float = 2000.0
     max_audit_passes: int = 2_000_000_000
     max_audit_seconds: float = 6 * 3600
     max_running_audits: int = 4
@@ -89,7 +89,7 @@ class Settings:
             audit_time_limit_s=int(env.get("ROBAUDIT_AUDIT_TIME_LIMIT_S", str(6 * 3600))),
             shard_size=int(env.get("ROBAUDIT_SHARD_SIZE", "512")),
             # budgets (issue 10)
-            default_passes_per_s=float(env.get("ROBAUDIT_DEFAULT_PASSES_PER_S", "20000")),
+            default_passes_per_s=float(env.get("ROBAUDIT_DEFAULT_PASSES_PER_S", "2000")),
             max_audit_passes=int(env.get("ROBAUDIT_MAX_AUDIT_PASSES", "2000000000")),
             max_audit_seconds=float(env.get("ROBAUDIT_MAX_AUDIT_SECONDS", str(6 * 3600))),
             max_running_audits=int(env.get("ROBAUDIT_MAX_RUNNING_AUDITS", "4")),

@@ -200,15 +200,15 @@ def check_tenant_slots(session: Session, tenant_id: str, settings: Settings) -> 
     cap = settings.max_running_audits + settings.max_queued_audits
     if queued < settings.max_queued_audits and queued + running < cap:
         return
+    broken = "max_queued_audits" if queued >= settings.max_queued_audits else "max_running_audits"
     raise RetryLater(
         f"too many audits in flight: {running} running (limit {settings.max_running_audits}) "
         f"and {queued} queued (limit {settings.max_queued_audits}); wait for one to finish, "
         "or cancel one (POST /v1/audits/{id}/cancel)",
         _retry_after(session, tenant_id, settings),
-        limit={
-            "max_running_audits": settings.max_running_audits,
-            "max_queued_audits": settings.max_queued_audits,
-        },
+        limit={"name": broken, "max": getattr(settings, broken)},
+        running=running,
+        queued=queued,
     )
 
 

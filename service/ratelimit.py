@@ -31,7 +31,11 @@ def client_key() -> str:
 
 def _too_many(detail: str, retry_after: int, limit: str) -> Response:
     response = problem_response(
-        429, "Too Many Requests", detail, limit=limit, retry_after_s=retry_after
+        429,
+        "Too Many Requests",
+        detail,
+        limit={"name": "rate_limit", "max": limit},
+        retry_after_s=retry_after,
     )
     response.headers["Retry-After"] = str(retry_after)
     return response
@@ -99,5 +103,5 @@ def count_bad_key() -> None:
         f"too many requests with unknown or revoked API keys from this address "
         f"({settings.bad_key_rate_limit}); retry in {wait} s with a valid key",
         wait,
-        limit=settings.bad_key_rate_limit,
+        limit={"name": "bad_key_rate_limit", "max": settings.bad_key_rate_limit},
     )

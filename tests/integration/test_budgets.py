@@ -139,6 +139,7 @@ def test_queued_and_running_caps_are_429_with_retry_after(
     full = submit(client, auth, ids, seed=9, **SMALL)
     assert_problem(full, 429, "0 running (limit 1)", "2 queued (limit 2)", "cancel")
     assert 5 <= int(full.headers["Retry-After"]) <= 3600
+    assert full.get_json()["limit"] == {"name": "max_queued_audits", "max": 2}
     # one starts: a queue slot frees; the running one bounds how long to wait
     db_session.execute(update(Audit).where(Audit.id == made[0]).values(status="running"))
     db_session.commit()
@@ -184,6 +185,7 @@ def test_rate_limit_per_key_and_bad_keys_per_address(
         over = client.get("/v1/models", headers=auth)
         assert_problem(over, 429, "rate limit exceeded", "5 per 1 minute")
         assert 1 <= int(over.headers["Retry-After"]) <= 61
+        assert over.get_json()["limit"]["name"] == "rate_limit"
         # another key has its own bucket; health probes are not limited
         other = tenant_headers(db_session, "globex")
         assert client.get("/v1/models", headers=other).status_code == 200
