@@ -24,7 +24,8 @@ THROUGHPUT_WINDOW = 5
 FLOAT32_MAX = 3.4028234663852886e38
 RETRY_AFTER_FLOOR_S = 5
 RETRY_AFTER_CEILING_S = 3600
-ACTIVE = (AuditStatus.QUEUED.value, AuditStatus.RUNNING.value)
+# In flight: waiting, working, or being stopped (a cancelling audit still holds workers).
+QUEUED, RUNNING, CANCELLING = AuditStatus.QUEUED.value, AuditStatus.RUNNING.value, "cancelling"
 
 
 class RetryLater(Problem):
@@ -169,7 +170,7 @@ def check_budget(budget: Budget, settings: Settings) -> None:
 def _active_counts(session: Session, tenant_id: str) -> dict[str, int]:
     rows = session.execute(
         select(Audit.status, func.count())
-        .where(Audit.tenant_id == tenant_id, Audit.status.in_(ACTIVE))
+        .where(Audit.tenant_id == tenant_id, Audit.status.in_((QUEUED, RUNNING, CANCELLING)))
         .group_by(Audit.status)
     ).all()
     return {str(status): int(count) for status, count in rows}
@@ -195,8 +196,8 @@ def check_tenant_slots(session: Session, tenant_id: str, settings: Settings) -> 
     """429 when the tenant already has as many audits waiting as the queue cap allows, or as
     many in flight (running + queued) as both caps together."""
     counts = _active_counts(session, tenant_id)
-    queued = counts.get(AuditStatus.QUEUED.value, 0)
-    running = counts.get(AuditStatus.RUNNING.value, 0)
+    queued = counts.get(QUEUED, 0)
+    running = counts.get(RUNNING, 0) + counts.get(CANCELLING, 0)
     cap = settings.max_running_audits + settings.max_queued_audits
     if queued < settings.max_queued_audits and queued + running < cap:
         return

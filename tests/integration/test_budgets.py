@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from service.app import create_app
 from service.config import Settings
-from service.persistence.models import Audit
+from service.persistence.models import Audit, AuditShard
 from tests import services
 from tests.factories.api import tenant_headers, upload_dataset, upload_model
 from tests.integration.test_api import assert_problem, cnn_bytes, digits_npz
@@ -236,7 +236,10 @@ def test_metrics_count_queued_and_running_and_skip_deleted(
     db_session: Session,
 ) -> None:
     made = [submit(client, auth, ids, seed=s, **SMALL).get_json()["id"] for s in range(3)]
-    db_session.execute(update(Audit).where(Audit.id == made[0]).values(status="running"))
+    # two leased audits: one whose shard is under way, one whose shards all still wait
+    db_session.execute(update(Audit).where(Audit.id.in_(made[:2])).values(status="running"))
+    for audit_id, done in ((made[0], 2), (made[1], 0)):
+        db_session.add(AuditShard(audit_id=audit_id, position=0, start=0, stop=4, done=done))
     db_session.commit()
     extra = upload_model(client, auth, cnn_bytes(seed=1)).get_json()["id"]
     assert client.delete(f"/v1/models/{extra}", headers=auth).status_code == 204
@@ -245,7 +248,5 @@ def test_metrics_count_queued_and_running_and_skip_deleted(
     assert 'robaudit_audits{status="running"} 1' in text
     assert "robaudit_models 1\n" in text
     assert "robaudit_datasets 1\n" in text
-    other = tenant_headers(db_session, "globex")
-    assert 'robaudit_audits{status="queued"} 0' in client.get("/metrics", headers=other).get_data(
-        as_text=True
-    )
+    other = client.get("/metrics", headers=tenant_headers(db_session, "globex"))
+    assert 'robaudit_audits{status="queued"} 0' in other.get_data(as_text=True)
