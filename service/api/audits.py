@@ -23,7 +23,7 @@ from service.schemas import (
 bp = blueprint("audits", "/v1/audits")
 
 
-@bp.post("", responses={202: AuditCreated, 200: AuditCreated})
+@bp.post("", responses={202: AuditCreated, 200: AuditCreated, 429: None})
 def create_audit(body: AuditCreate, header: IdempotencyHeader) -> Response:
     """Queue an audit; commit first, then enqueue by task name."""
     session = db.session
