@@ -293,7 +293,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1797)
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
+    CONFIG["steps"] = args.steps
     redis_url = os.environ.get("ROBAUDIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"robaudit-bench-{uuid.uuid4().hex[:8]}:"
     shard_size = -(-args.samples // args.shards)
