@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -50,6 +51,18 @@ CONFIG = {"epsilons": [0.1], "steps": 20, "landscape": {"samples": 2, "resolutio
 STATS = ("xact_commit", "tup_inserted", "tup_updated")
 
 
+def own_session(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[str]:
+    """A worker in its own session. Linux's autogroup scheduler (on here) shares the CPU
+    between sessions, not processes: two workers in one session get one session's share,
+    so a second worker would add no CPU while other sessions are busy. Separate hosts or
+    containers are separate groups too."""
+    with log.open("w") as handle:
+        return subprocess.Popen(
+            argv, env=env, stdout=handle, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+
+
 class Stack:
     """The API on a fresh database; workers come and go per round."""
 
@@ -62,7 +75,7 @@ class Stack:
     def workers(self, count: int) -> Iterator[None]:
         env = {**self.env, "OMP_NUM_THREADS": "1", "ROBAUDIT_TORCH_THREADS": "1"}
         logs = [self.work / f"worker-{uuid.uuid4().hex[:6]}.log" for _ in range(count)]
-        procs = [spawn([*ROBAUDIT, "worker"], env, log) for log in logs]
+        procs = [own_session([*ROBAUDIT, "worker"], env, log) for log in logs]
         try:
             deadline = time.monotonic() + 120
             while not all("ready" in log.read_text() for log in logs):
@@ -114,8 +127,6 @@ def production(work: Path, redis_url: str, prefix: str, shard_size: int) -> Iter
         ROBAUDIT_SHARD_SIZE=str(shard_size),
         ROBAUDIT_SWEEP_INTERVAL_S="3600",  # keep the sweeper's reads out of the counts
     )
-    import subprocess
-
     api = None
     try:
         subprocess.run([*ROBAUDIT, "db", "upgrade"], env=env, check=True, capture_output=True)
@@ -294,6 +305,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     CONFIG["steps"] = args.steps
     redis_url = os.environ.get("ROBAUDIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -311,13 +323,14 @@ def main() -> None:
     results.update(
         samples=args.samples,
         config=CONFIG,
+        workers_in_own_sessions=True,
         cpus=os.cpu_count(),
         load_before=load,
         load_after=os.getloadavg(),
         python=platform.python_version(),
         torch=torch.__version__,
     )
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 
