@@ -4,6 +4,7 @@ per-tenant quotas (running and queued audits, stored bytes). Over a cap the API 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -228,24 +229,46 @@ def stored_bytes(session: Session, tenant_id: str) -> int:
     return int(total)
 
 
-def upload_size(stream: IO[bytes]) -> int:
-    """Bytes of an uploaded file, already spooled by the form parser; the stream is rewound."""
-    stream.seek(0, 2)
-    size = stream.tell()
+def _stored_already(session: Session, tenant_id: str, entity: type[Model] | type[Dataset],
+                    stream: IO[bytes]) -> bool:  # fmt: skip
+    """Whether the tenant holds these exact bytes live: uploading them again adds nothing."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: stream.read(1 << 20), b""):
+        digest.update(chunk)
     stream.seek(0)
-    return size
+    return (
+        session.scalar(
+            select(entity.id).where(
+                entity.tenant_id == tenant_id,
+                entity.sha256 == digest.hexdigest(),
+                entity.deleted_at.is_(None),
+            )
+        )
+        is not None
+    )
 
 
-def check_storage(session: Session, tenant_id: str, settings: Settings, incoming: int) -> None:
-    """413 when `incoming` more bytes would take the tenant over its stored-bytes quota."""
+def check_upload(
+    session: Session,
+    tenant_id: str,
+    settings: Settings,
+    entity: type[Model] | type[Dataset],
+    stream: IO[bytes],
+) -> None:
+    """413 when this upload (already spooled by the form parser) would take the tenant over
+    its stored-bytes quota; the same bytes again are an existing object, never refused."""
+    stream.seek(0, 2)
+    incoming = stream.tell()
+    stream.seek(0)
     used = stored_bytes(session, tenant_id)
     quota = settings.max_tenant_stored_bytes
-    if used + incoming > quota:
-        raise Problem(
-            413,
-            "Content Too Large",
-            f"storage quota exceeded: this tenant stores {used:,} bytes of models and datasets, "
-            f"the upload adds {incoming:,} and the quota is {quota:,} bytes; delete models or "
-            "datasets you no longer need (DELETE /v1/models/{id}, /v1/datasets/{id})",
-            limit={"name": "max_tenant_stored_bytes", "max": quota, "used": used},
-        )
+    if used + incoming <= quota or _stored_already(session, tenant_id, entity, stream):
+        return
+    raise Problem(
+        413,
+        "Content Too Large",
+        f"storage quota exceeded: this tenant stores {used:,} bytes of models and datasets, "
+        f"the upload adds {incoming:,} and the quota is {quota:,} bytes; delete models or "
+        "datasets you no longer need (DELETE /v1/models/{id}, /v1/datasets/{id})",
+        limit={"name": "max_tenant_stored_bytes", "max": quota, "used": used},
+    )

@@ -166,6 +166,10 @@ def test_stored_bytes_quota_is_413(
     resp = upload_dataset(client, auth, digits_npz(n=64))
     assert_problem(resp, 413, "storage quota", f"{used + 1000:,}", "delete")
     assert resp.get_json()["limit"]["used"] == used
+    # the same bytes again are the existing model, whatever the quota
+    override(client, settings, max_tenant_stored_bytes=used)
+    assert upload_model(client, auth, cnn_bytes()).status_code == 200
+    override(client, settings, max_tenant_stored_bytes=used + 1000)
     # deleting the model frees its share
     assert client.delete(f"/v1/models/{model.get_json()['id']}", headers=auth).status_code == 204
     assert upload_dataset(client, auth, digits_npz(n=64)).status_code == 201
