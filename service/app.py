@@ -6,7 +6,7 @@ from typing import Any
 
 from flask_openapi3 import Info, OpenAPI
 
-from service import errors
+from service import errors, ratelimit
 from service.api import audits, compare, datasets, models, ops
 from service.config import Settings
 from service.db import db
@@ -42,4 +42,5 @@ def create_app(config: dict[str, Any] | None = None) -> OpenAPI:
     app.register_blueprint(ops.bp)
     for module in (models, datasets, audits, compare):
         app.register_api(module.bp)
+    ratelimit.init_app(app, settings, exempt=(ops.bp,))
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +15,9 @@ from sqlalchemy.orm import Session
 from robustness.cost import estimate_cost
 from robustness.datasets import DatasetFacts, check_fit
 from robustness.spec import spec_from_config
+from service import limits
 from service.catalog import get_dataset, get_model
+from service.config import Settings
 from service.dispatch import settle
 from service.errors import NotFound, Problem
 from service.pagination import paginate
@@ -29,6 +32,7 @@ def config_hash(config: dict[str, Any]) -> str:
 def create_audit(
     *,
     session: Session,
+    settings: Settings,
     tenant_id: str,
     model_id: str,
     dataset_id: str,
@@ -36,7 +40,8 @@ def create_audit(
     force: bool,
     idempotency_key: str | None,
 ) -> tuple[Audit, bool]:
-    """(audit, created). Replays of an Idempotency-Key and identical succeeded audits are reused."""
+    """(audit, created). Replays of an Idempotency-Key and identical succeeded audits are reused;
+    a new audit must fit the operator's caps (service/limits.py: 422, 429)."""
     if idempotency_key:
         replay = session.scalar(
             select(Audit).where(
@@ -56,6 +61,7 @@ def create_audit(
         ),
     )
     cfg = config.model_dump(mode="json")
+    limits.check_ranges(cfg, model.input_range, math.prod(dataset.shape))
     digest = config_hash(cfg)
     if not force:
         done = session.scalar(
@@ -72,6 +78,11 @@ def create_audit(
         )
         if done is not None:
             return done, False
+    budget = limits.budget_of(
+        session, settings=settings, tenant_id=tenant_id, model=model, config=cfg, n=dataset.n
+    )
+    limits.check_budget(budget, settings)
+    limits.check_tenant_slots(session, tenant_id, settings)
     audit = Audit(
         tenant_id=tenant_id,
         model_id=model.id,
@@ -159,6 +170,19 @@ def estimate(audit: Audit) -> dict[str, int]:
     """Forward/backward passes the audit will spend (before it runs)."""
     spec = spec_from_config(audit.config, audit.model.input_range)
     return estimate_cost(spec, audit.dataset.n).to_dict()
+
+
+def estimate_with_seconds(*, session: Session, settings: Settings, audit: Audit) -> dict[str, Any]:
+    """The passes, with the seconds one worker is expected to spend on them and their basis."""
+    budget = limits.budget_of(
+        session,
+        settings=settings,
+        tenant_id=audit.tenant_id,
+        model=audit.model,
+        config=audit.config,
+        n=audit.dataset.n,
+    )
+    return {**estimate(audit), **budget.to_dict()}
 
 
 def get_landscape(*, session: Session, tenant_id: str, audit_id: str, k: int) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from service.db import db
 from service.errors import Problem
 from service.persistence.models import ApiKey, Tenant
+from service.ratelimit import count_bad_key
 
 PREFIX = "ra_"
 
@@ -39,6 +40,7 @@ def authenticate() -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key:
+        count_bad_key()
         raise Problem(
             401,
             "Unauthorized",
@@ -49,6 +51,7 @@ def authenticate() -> None:
         select(ApiKey).where(ApiKey.key_hash == hash_key(key.strip()), ApiKey.revoked_at.is_(None))
     )
     if row is None:
+        count_bad_key()
         raise Problem(401, "Unauthorized", "the API key is unknown or revoked")
     g.tenant_id = row.tenant_id
 

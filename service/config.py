@@ -42,6 +42,15 @@ ENV_VARS = (
     "ROBAUDIT_WORKER_PROCESSES",
     "ROBAUDIT_AUDIT_MEMORY_MB",
     "ROBAUDIT_FAILPOINT_DIR",  # fault tests only: where they ask a worker to die (execution.py)
+    # budgets (issue 10)
+    "ROBAUDIT_DEFAULT_PASSES_PER_S",
+    "ROBAUDIT_MAX_AUDIT_PASSES",
+    "ROBAUDIT_MAX_AUDIT_SECONDS",
+    "ROBAUDIT_MAX_RUNNING_AUDITS",
+    "ROBAUDIT_MAX_QUEUED_AUDITS",
+    "ROBAUDIT_MAX_TENANT_STORED_MB",
+    "ROBAUDIT_RATE_LIMIT",
+    "ROBAUDIT_BAD_KEY_RATE_LIMIT",
 )
 
 
@@ -67,6 +76,15 @@ class Settings:
     torch_threads: int | None = None  # None: CPUs this worker may use / workers on the host
     worker_processes: int | None = None  # None: counted from the host's robaudit workers
     audit_memory_bytes: int = 8192 * MiB  # a shard's or an inspection's sandbox (SECURITY.md)
+    # budgets (issue 10): caps per audit and per tenant, rate limits (service/limits.py)
+    default_passes_per_s: float = 2000.0
+    max_audit_passes: int = 2_000_000_000
+    max_audit_seconds: float = 6 * 3600
+    max_running_audits: int = 4
+    max_queued_audits: int = 20
+    max_tenant_stored_bytes: int = 10 * 1024 * MiB
+    rate_limit: str = "600 per minute"
+    bad_key_rate_limit: str = "30 per minute"
     extra: Mapping[str, Any] = field(default_factory=dict)
     # hostile-upload limits (issue 11); SECURITY.md explains each one
     max_json_bytes: int = 1 * MiB
@@ -88,14 +106,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """ROBAUDIT_DATA_DIR, DATABASE_URL, REDIS_URL, ROBAUDIT_REDIS_PREFIX, ROBAUDIT_QUEUE,
-        ROBAUDIT_MAX_MODEL_MB, ROBAUDIT_MAX_DATASET_MB, ROBAUDIT_AUDIT_TIME_LIMIT_S,
-        ROBAUDIT_SHARD_SIZE; the hostile-upload limits ROBAUDIT_MAX_JSON_KB,
-        ROBAUDIT_MAX_NPZ_TOTAL_MB, ROBAUDIT_INTAKE_MAX_NODES, ROBAUDIT_INTAKE_MAX_DEPTH,
-        ROBAUDIT_INTAKE_MEMORY_MB, ROBAUDIT_INTAKE_CPU_S, ROBAUDIT_INTAKE_WALL_S,
-        ROBAUDIT_SWEEP_GRACE_S (SECURITY.md); lifecycle: ROBAUDIT_STALE_AFTER_S,
-        ROBAUDIT_HEARTBEAT_S, ROBAUDIT_MAX_SHARD_ATTEMPTS, ROBAUDIT_SWEEP_INTERVAL_S,
-        ROBAUDIT_TORCH_THREADS, ROBAUDIT_WORKER_PROCESSES, ROBAUDIT_AUDIT_MEMORY_MB."""
+        """The settings from the variables in ENV_VARS (README and SECURITY.md list each one)."""
         env = os.environ if env is None else env
         data_dir = Path(env.get("ROBAUDIT_DATA_DIR", ".robaudit")).resolve()
         return cls(
@@ -125,6 +136,15 @@ class Settings:
             torch_threads=_optional_int(env.get("ROBAUDIT_TORCH_THREADS")),
             worker_processes=_optional_int(env.get("ROBAUDIT_WORKER_PROCESSES")),
             audit_memory_bytes=int(env.get("ROBAUDIT_AUDIT_MEMORY_MB", "8192")) * MiB,
+            # budgets (issue 10)
+            default_passes_per_s=float(env.get("ROBAUDIT_DEFAULT_PASSES_PER_S", "2000")),
+            max_audit_passes=int(env.get("ROBAUDIT_MAX_AUDIT_PASSES", "2000000000")),
+            max_audit_seconds=float(env.get("ROBAUDIT_MAX_AUDIT_SECONDS", str(6 * 3600))),
+            max_running_audits=int(env.get("ROBAUDIT_MAX_RUNNING_AUDITS", "4")),
+            max_queued_audits=int(env.get("ROBAUDIT_MAX_QUEUED_AUDITS", "20")),
+            max_tenant_stored_bytes=int(env.get("ROBAUDIT_MAX_TENANT_STORED_MB", "10240")) * MiB,
+            rate_limit=env.get("ROBAUDIT_RATE_LIMIT", "600 per minute"),
+            bad_key_rate_limit=env.get("ROBAUDIT_BAD_KEY_RATE_LIMIT", "30 per minute"),
         )
 
     def with_overrides(self, **overrides: Any) -> Settings:

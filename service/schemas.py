@@ -114,7 +114,9 @@ class ModelListQuery(ListQuery):
 class AuditListQuery(ListQuery):
     model_id: str | None = None
     model_name: str | None = None
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
+    status: (
+        Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"] | None
+    ) = None
     created_after: AwareDatetime | None = Field(None, description="With a timezone: …Z or +00:00")
     created_before: AwareDatetime | None = Field(None, description="With a timezone")
 
@@ -214,6 +216,16 @@ class CostOut(BaseModel):
     backward_passes: int
     forward_passes_per_sample: int
     backward_passes_per_sample: int
+    expected_seconds: float = Field(
+        description="Engine seconds of one worker: the passes over passes_per_second"
+    )
+    passes_per_second: float = Field(
+        description="This model's measured throughput, or the operator's default"
+    )
+    basis: Literal["measured", "default"] = Field(
+        description="measured: from this model's latest succeeded audits; default: "
+        "ROBAUDIT_DEFAULT_PASSES_PER_S"
+    )
 
 
 class AuditCreated(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response, current_app, send_file, url_for
 
 from service import audits, reports
-from service.api.common import blueprint, json_response, store
+from service.api.common import blueprint, json_response, settings, store
 from service.auth import tenant_id
 from service.db import db
 from service.dispatch import send_audit
@@ -23,12 +23,13 @@ from service.schemas import (
 bp = blueprint("audits", "/v1/audits")
 
 
-@bp.post("", responses={202: AuditCreated, 200: AuditCreated})
+@bp.post("", responses={202: AuditCreated, 200: AuditCreated, 429: None})
 def create_audit(body: AuditCreate, header: IdempotencyHeader) -> Response:
     """Queue an audit; commit first, then enqueue by task name."""
     session = db.session
     row, created = audits.create_audit(
         session=session,
+        settings=settings(),
         tenant_id=tenant_id(),
         model_id=body.model_id,
         dataset_id=body.dataset_id,
@@ -48,7 +49,7 @@ def create_audit(body: AuditCreate, header: IdempotencyHeader) -> Response:
         "id": row.id,
         "status": row.status,
         "links": links,
-        "estimate": audits.estimate(row),
+        "estimate": audits.estimate_with_seconds(session=session, settings=settings(), audit=row),
         # False: the broker was unreachable; the audit is kept and a worker will send it.
         "dispatched": dispatched,
     }

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Response
 
-from service import catalog
+from service import catalog, limits
 from service.api.common import blueprint, json_response, settings, store
 from service.auth import tenant_id
 from service.db import db
+from service.persistence.models import Dataset
 from service.schemas import DatasetForm, DatasetOut, DatasetPage, DatasetPath, ListQuery
 
 bp = blueprint("datasets", "/v1/datasets")
@@ -17,6 +18,7 @@ bp = blueprint("datasets", "/v1/datasets")
 def upload_dataset(form: DatasetForm) -> Response:
     """Upload an .npz with x (float, N×…) and y (int labels, N)."""
     session = db.session
+    limits.check_upload(session, tenant_id(), settings(), Dataset, form.file.stream)
     row, created = catalog.create_dataset(
         session=session,
         store=store(),

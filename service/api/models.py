@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Response, current_app
 
-from service import catalog
+from service import catalog, limits
 from service.api.common import blueprint, json_response, settings, store
 from service.auth import tenant_id
 from service.db import db
+from service.persistence.models import Model
 from service.queue import INSPECT_MODEL
 from service.schemas import ModelForm, ModelListQuery, ModelOut, ModelPage, ModelPath
 
@@ -18,6 +19,7 @@ bp = blueprint("models", "/v1/models")
 def upload_model(form: ModelForm) -> Response:
     """Upload an ONNX classifier; the same bytes again return the existing model."""
     session = db.session
+    limits.check_upload(session, tenant_id(), settings(), Model, form.file.stream)
     row, created = catalog.create_model(
         session=session,
         store=store(),
