@@ -18,6 +18,7 @@ from robustness.datasets import scan_npz
 from robustness.onnx_safety import IntakeLimits
 from service.config import Settings
 from service.errors import NotFound, Problem, Unprocessable
+from service.limits import FLOAT32_MAX
 from service.pagination import paginate
 from service.persistence.models import Dataset, Model, utcnow
 from service.sandbox import ChildRaised, LimitExceeded, Limits, SandboxError, run_sandboxed
@@ -117,6 +118,11 @@ def parse_range(value: str | list[float] | None) -> list[float]:
         raise Unprocessable(f"input_range {value!r} is not 'lo,hi'") from exc
     if len(parts) != 2 or not all(map(math.isfinite, parts)) or not parts[0] < parts[1]:
         raise Unprocessable(f"input_range {value!r} must be two finite numbers lo,hi with lo < hi")
+    if not parts[1] - parts[0] <= FLOAT32_MAX:  # the engine computes in float32
+        raise Unprocessable(
+            f"input_range {value!r} is wider than float32 can hold; declare the range the "
+            "model's inputs really take, e.g. 0,1 or 0,255"
+        )
     return parts
 
 

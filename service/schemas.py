@@ -76,6 +76,9 @@ class AuditConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     norm: Literal["linf", "l2"] = "linf"
+    search: Literal["apgd-kl", "pgd-kl"] = Field(
+        "apgd-kl", description="apgd-kl: APGD on the KL (default); pgd-kl: the plain PGD of before"
+    )
     epsilons: list[PositiveFloat] = Field(
         default_factory=lambda: [0.03], min_length=1, max_length=16
     )

@@ -41,6 +41,8 @@ FAST = {
     "ROBAUDIT_MAX_SHARD_ATTEMPTS": "2",
     "ROBAUDIT_SHARD_SIZE": "16",
     "ROBAUDIT_TORCH_THREADS": "1",
+    # 50 audits are submitted at once on purpose; the tenant's queue cap is not under test here
+    "ROBAUDIT_MAX_QUEUED_AUDITS": "100",
 }
 # ~2–4 s per 16-sample shard of the tiny MLP: long enough to be killed in the middle
 SLOW = {

@@ -225,9 +225,27 @@ def test_create_and_read_an_audit(
     assert audit["config"]["epsilons"] == [0.03]
     assert audit["config"]["norm"] == "linf"
     assert audit["config"]["steps"] == 20
+    assert audit["config"]["search"] == "apgd-kl"
     # one unit per sample for the clean pass and one per sample and ε
     assert audit["progress"] == {"done": 0, "total": 32, "stage": None, "eta_seconds": None}
     assert audit["result"] is None
+
+
+def test_the_old_search_can_be_asked_for_and_its_estimate_is_lower(
+    client: FlaskClient, auth: dict[str, str], ids: tuple[str, str]
+) -> None:
+    def submit(search: str) -> dict:
+        config = {"search": search, "baselines": ["clean"]}
+        body = {"model_id": ids[0], "dataset_id": ids[1], "config": config}
+        resp = client.post("/v1/audits", json=body, headers=auth)
+        assert resp.status_code == 202, resp.get_json()
+        return resp.get_json()
+
+    old, new = submit("pgd-kl"), submit("apgd-kl")
+    assert client.get(old["links"]["self"], headers=auth).get_json()["config"]["search"] == "pgd-kl"
+    # pgd-kl: one run of K=20 gradients; apgd-kl/1: 40, the 2x ceiling of issue 6
+    assert old["estimate"]["backward_passes_per_sample"] == 20
+    assert new["estimate"]["backward_passes_per_sample"] == 40
 
 
 def test_idempotency_key_replays_the_same_audit(
@@ -265,8 +283,9 @@ def test_identical_succeeded_audit_is_reused_unless_forced(
         ({"steps": 0}, "steps"),
         ({"backend": "tensorflow"}, "backend"),
         ({"epsilon": 0.1}, "epsilon"),
+        ({"search": "fgsm"}, "search"),
     ],
-    ids=["norm", "negative-eps", "no-eps", "zero-steps", "backend", "unknown-field"],
+    ids=["norm", "negative-eps", "no-eps", "zero-steps", "backend", "unknown-field", "search"],
 )
 def test_invalid_config_is_422_naming_the_field(
     client: FlaskClient, auth: dict[str, str], ids: tuple[str, str], config: dict, fragment: str

@@ -185,6 +185,8 @@ def _model_cases() -> list[Case]:
     for value in ("-inf,inf", "nan,1", "0,1e400", "1,0"):
         send = model(fixed(lambda: linear), input_range=value)
         cases.append(Case(f"input-range-{value}", send, 422, "two finite numbers"))
+    wide = model(fixed(lambda: linear), input_range="-1e308,1e308")
+    cases.append(Case("input-range-wider-than-float32", wide, 422, "wider than float32"))
     cases += [
         Case("output-unknown", model(fixed(lambda: linear), output="nope"), 422, "not found"),
         Case(
