@@ -263,7 +263,11 @@ def _ended(
         if exc.kind in INPUT_ERRORS:
             return _fail(session, audit_id, exc.message)
         return _fail(session, audit_id, f"internal error in {label}: {exc.kind}: {exc.message}")
-    # died (a signal, a native crash): maybe the host's OOM killer, so try again, counted
+    if isinstance(exc, runner.ChildFailed) and exc.returncode != -signal.SIGKILL:
+        # a segfault or abort is the model's doing, and it would do it again (SECURITY.md:
+        # a model that breaks its sandbox once is never redelivered)
+        return _fail(session, audit_id, f"{label}: {exc}; the model is not retried")
+    # killed from outside, as the host's OOM killer does: not the model's fault, so try again
     leases.release_shard(session, claim.shard_id, worker, str(exc)[:1000])
     return "retry"
 

@@ -305,6 +305,36 @@ def test_a_shard_whose_worker_keeps_dying_fails_the_audit_naming_it(
     assert "stopped heartbeating" in audit.error
 
 
+def test_a_crash_of_the_sandbox_fails_at_once_but_a_kill_is_retried(
+    client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
+) -> None:
+    """A segfault is the model's doing and would recur; SIGKILL may be the host's OOM killer."""
+    import signal
+
+    from worker.runner import ChildFailed
+
+    def end(audit_id: str, returncode: int) -> str:
+        [position] = execution.plan_shards(db_session, audit_id, 512)
+        claim = leases.claim_shard(db_session, audit_id, position, "w", 60)
+        assert claim is not None
+        name = signal.Signals(-returncode).name
+        exc = ChildFailed(f"the model's sandbox died (signal {name})", returncode)
+        return execution._ended(db_session, settings, audit_id, claim, "w", "shard 0", exc)
+
+    killed = queue_audit(client, auth, cnn_onnx(natural_cnn()), LIGHT)
+    assert end(killed, -signal.SIGKILL) == "retry"
+    crashed = queue_audit(client, auth, cnn_onnx(natural_cnn()), {**LIGHT, "seed": 1})
+    assert end(crashed, -signal.SIGSEGV) == "failed"
+    audit = db_session.get(Audit, crashed)
+    assert audit is not None
+    db_session.refresh(audit)
+    assert audit.status == "failed"
+    assert audit.error is not None
+    assert "SIGSEGV" in audit.error
+    assert "not retried" in audit.error
+    assert db_session.get(Audit, killed).status != "failed"  # type: ignore[union-attr]
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _end_the_sandbox() -> Iterator[None]:
     """The worker keeps its sandbox child between calls; a test module ends it."""
