@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from service.config import Settings
@@ -39,10 +40,8 @@ def usable_cpus() -> float:
     return min(cpus, quota) if quota else cpus
 
 
-def worker_processes(proc: Path = Path("/proc"), marker: str = MARKER) -> int:
-    """robaudit worker processes on this host (or container): at least this one."""
-    pids = set()
-    parents = {}
+def process_table(proc: Path = Path("/proc")) -> Iterator[tuple[int, int, bytes]]:
+    """(pid, parent pid, command line) of every process that is readable; gone ones skipped."""
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -51,9 +50,13 @@ def worker_processes(proc: Path = Path("/proc"), marker: str = MARKER) -> int:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if marker.encode() in cmdline:
-            pids.add(int(entry.name))
-            parents[int(entry.name)] = ppid
+        yield int(entry.name), ppid, cmdline
+
+
+def worker_processes(proc: Path = Path("/proc"), marker: str = MARKER) -> int:
+    """robaudit worker processes on this host (or container): at least this one."""
+    parents = {pid: ppid for pid, ppid, cmd in process_table(proc) if marker.encode() in cmd}
+    pids = set(parents)
     # a prefork pool's children carry the same command line: count main processes only
     return max(1, sum(1 for pid in pids if parents[pid] not in pids))
 

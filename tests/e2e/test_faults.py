@@ -31,6 +31,7 @@ from tests import services
 from tests.e2e.conftest import ROBAUDIT, base_env, spawn, stop, wait_http
 from tests.e2e.test_broker_outage import OwnRedis
 from tests.factories.models import digits_split, mlp_onnx
+from worker.threads import process_table
 
 pytestmark = pytest.mark.e2e
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -142,18 +143,11 @@ class Stack:
 
 def sandbox_children(parents: set[int]) -> list[int]:
     """Sandbox child processes of these workers."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid in parents and b"service.sandbox_child" in cmdline:
-            found.append(int(entry.name))
-    return found
+    return [
+        pid
+        for pid, ppid, cmdline in process_table()
+        if ppid in parents and b"service.sandbox_child" in cmdline
+    ]
 
 
 def kill(pid: int) -> None:
