@@ -23,10 +23,20 @@ SERVICES = COMPOSE["services"]
 
 
 def test_compose_has_the_designed_services() -> None:
-    assert set(SERVICES) == {"api", "worker", "redis", "postgres", "migrate"}
+    assert set(SERVICES) == {"api", "worker", "worker-control", "redis", "postgres", "migrate"}
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "migrate"])
+def test_control_and_compute_queues_are_split_and_both_consumed() -> None:
+    def queues(name: str) -> str:
+        command = SERVICES[name]["command"]
+        return str(_parser().parse_args(command[1:]).queues)
+
+    assert queues("worker") == "compute"  # the GPU worker runs shards only
+    assert queues("worker-control") == "control"
+    assert "deploy" not in SERVICES["worker-control"]  # control work needs no GPU
+
+
+@pytest.mark.parametrize("name", ["api", "worker", "worker-control", "migrate"])
 def test_commands_are_real_cli_commands(name: str) -> None:
     command = SERVICES[name]["command"]
     assert command[0] == "robaudit"
@@ -34,7 +44,7 @@ def test_commands_are_real_cli_commands(name: str) -> None:
     assert hasattr(args, "handler")
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "migrate"])
+@pytest.mark.parametrize("name", ["api", "worker", "worker-control", "migrate"])
 def test_environment_names_are_ones_the_code_reads(name: str) -> None:
     env = SERVICES[name]["environment"]
     assert set(env) <= set(ENV_VARS), set(env) - set(ENV_VARS)
