@@ -444,3 +444,29 @@ def lying_header_npz() -> bytes:
     members = small_xy()
     members["x.npy"] = header.getvalue() + bytes(16)
     return zip_of(members)
+
+
+# --- shapes that are huge only at run time (passed by intake, bounded by the sandbox) -------
+
+
+def runtime_shape_bomb() -> bytes:
+    """A valid classifier that also fills N × 8 GiB of zeros, sized from its input's batch.
+
+    The shape comes from `Shape(x)`, so no static check can see it: only the worker's
+    sandbox memory limit stops it (RLIMIT_AS: the allocation fails, nothing is touched).
+    """
+    inits = [
+        numpy_helper.from_array(np.ones((4, 4), np.float32), "W"),
+        numpy_helper.from_array(np.array([1 << 29, 1], np.int64), "factor"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["logits"]),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Mul", ["shape", "factor"], ["big_shape"]),
+        helper.make_node("ConstantOfShape", ["big_shape"], ["big"]),
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["logits", "nothing"], ["scores"]),
+    ]
+    return _graph_model(nodes, *SCORES_IO, inits).SerializeToString()

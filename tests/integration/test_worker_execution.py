@@ -335,6 +335,35 @@ def test_a_crash_of_the_sandbox_fails_at_once_but_a_kill_is_retried(
     assert db_session.get(Audit, killed).status != "failed"  # type: ignore[union-attr]
 
 
+def test_a_graph_that_allocates_from_its_input_shape_hits_the_memory_limit(
+    client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
+) -> None:
+    """Intake cannot see a shape computed from Shape(x); the worker's sandbox bounds it, the
+    audit fails naming the limit, inspection says so too, and the worker runs the next one."""
+    import numpy as np
+
+    limited = settings.with_overrides(audit_memory_bytes=6 << 30)
+    model_id = upload_model(client, auth, hostile.runtime_shape_bomb()).get_json()["id"]
+    rng = np.random.default_rng(0)
+    npz = hostile.npz_bytes(x=rng.random((40, 4), dtype=np.float32), y=np.arange(40) % 4)
+    dataset_id = upload_dataset(client, auth, npz).get_json()["id"]
+    body = {"model_id": model_id, "dataset_id": dataset_id, "config": LIGHT}
+    resp = client.post("/v1/audits", json=body, headers=auth)
+    assert resp.status_code == 202, resp.get_json()
+    audit = run(db_session, limited, resp.get_json()["id"])
+    assert audit.status == "failed", (audit.status, audit.error, audit.stage)
+    assert audit.error is not None
+    assert "exceeded its limit of 6.00 GiB of memory" in audit.error, audit.error
+    store = ArtifactStore(settings.artifact_dir)
+    inspection.inspect_model(session=db_session, store=store, settings=limited, model_id=model_id)
+    model = db_session.get(Model, model_id)
+    assert model is not None
+    assert model.backends["torch"]["ok"] is False
+    assert "memory" in model.backends["torch"]["reason"]
+    fine = queue_audit(client, auth, cnn_onnx(natural_cnn()), LIGHT)
+    assert run(db_session, limited, fine).status == "succeeded"
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _end_the_sandbox() -> Iterator[None]:
     """The worker keeps its sandbox child between calls; a test module ends it."""
