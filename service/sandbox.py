@@ -48,6 +48,8 @@ PROJECT_PACKAGES = ("service", "worker", "robustness", "robaudit", "tests")
 # Variables a child may inherit: locale, thread-unrelated BLAS workarounds, GPU selection.
 INHERITED_ENV = ("LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CUDA_VISIBLE_DEVICES")
 POLL_S = 0.2
+# Starting a child (Python, then Landlock) is not the caller's work: it gets its own bound.
+START_WALL_S = 60.0
 MAX_MESSAGE_BYTES = 256 << 20
 MEMORY_HINTS = ("bad_alloc", "Failed to allocate", "out of memory", "Cannot allocate memory")
 
@@ -232,10 +234,12 @@ class Sandbox:
     def _wait(
         self, on_event: EventFn | None, should_stop: StopFn | None, start_up: bool = False
     ) -> Any:
+        """Relay events until the answer; check the limits at least every POLL_S, and once
+        more before an answer is accepted, so a chatty or a quick child cannot skip them."""
         assert self._proc is not None
         started, cpu_start = time.monotonic(), _cpu_seconds(self._proc.pid)
-        buffer = b""
-        peak_vm = 0
+        wall = max(self.limits.wall_seconds, START_WALL_S) if start_up else None
+        buffer, peak_vm, checked = b"", 0, started
         while True:
             readable, _, _ = select.select([self._responses], [], [], POLL_S)
             if readable:
@@ -251,26 +255,28 @@ class Sandbox:
                     kind = message.get("type")
                     if kind == "event" and on_event is not None:
                         on_event(message["event"])
-                    elif kind == "ready" and start_up:
-                        return message
-                    elif kind == "result":
-                        return message["value"]
                     elif kind == "error":
                         raise self._raised(message["kind"], message["message"])
-                continue
-            if self._proc.poll() is not None:
+                    elif kind == "result" or (kind == "ready" and start_up):
+                        self._check_limits(started, cpu_start, None, wall)
+                        return message if start_up else message["value"]
+            elif self._proc.poll() is not None:
                 raise self._death(peak_vm)
-            peak_vm = max(peak_vm, _status_kib(self._proc.pid, "VmSize") << 10)
-            self._check_limits(started, cpu_start, should_stop)
+            if time.monotonic() - checked >= POLL_S:
+                peak_vm = max(peak_vm, _status_kib(self._proc.pid, "VmSize") << 10)
+                self._check_limits(started, cpu_start, should_stop, wall)
+                checked = time.monotonic()
 
-    def _check_limits(self, started: float, cpu_start: float, should_stop: StopFn | None) -> None:
+    def _check_limits(
+        self, started: float, cpu_start: float, should_stop: StopFn | None, wall: float | None
+    ) -> None:
         assert self._proc is not None
         limit = None
         if _status_kib(self._proc.pid, "VmRSS") << 10 > self.limits.memory_bytes:
             limit = "memory"
         elif _cpu_seconds(self._proc.pid) - cpu_start > self.limits.cpu_seconds:
             limit = "cpu"
-        elif time.monotonic() - started > self.limits.wall_seconds:
+        elif time.monotonic() - started > (wall or self.limits.wall_seconds):
             limit = "wall"
         if limit is not None:
             self._proc.kill()

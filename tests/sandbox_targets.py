@@ -73,3 +73,12 @@ def run_stack(_payload: dict[str, Any], _emit: Emit) -> Any:
     (y,) = session.run(None, {"x": np.array([[-1.0, 0.0, 2.0]], dtype=np.float32)})
     grad = torch.func.grad(lambda t: torch.relu(t).sum())(torch.tensor([-1.0, 2.0]))
     return {"ort": y.tolist(), "grad": grad.tolist(), "threads": torch.get_num_threads()}
+
+
+def chatter(payload: dict[str, Any], emit: Emit) -> Any:
+    """Events faster than the parent polls: its limits must still be checked."""
+    end = time.monotonic() + float(payload["seconds"])
+    while time.monotonic() < end:
+        emit({"tick": True})
+        time.sleep(0.01)
+    return "chatted"

@@ -84,6 +84,15 @@ def test_cpu_and_wall_limits() -> None:
     assert wall.value.limit == "wall"
 
 
+def test_limits_hold_for_a_chatty_child_and_for_an_answer_that_comes_late() -> None:
+    with pytest.raises(LimitExceeded) as chatty:  # events every 10 ms, polls every 200 ms
+        run_sandboxed(T + "chatter", {"seconds": 60}, limits=Limits(wall_seconds=0.5))
+    assert chatty.value.limit == "wall"
+    with pytest.raises(LimitExceeded) as late:  # answers before the first poll, but too late
+        run_sandboxed(T + "sleep", {"seconds": 0.1}, limits=Limits(wall_seconds=0.02))
+    assert late.value.limit == "wall"
+
+
 def test_should_stop_kills_a_busy_child() -> None:
     seen: list[dict[str, bool]] = []
     start = time.monotonic()
