@@ -67,6 +67,12 @@ class OrtBackend:
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.log_severity_level = 4  # failures surface as exceptions; the C++ log is noise
+        # onnxruntime keeps its own thread pool, one thread per core by default: follow the
+        # worker's share (torch's count, set from worker/threads.py), or workers oversubscribe
+        # the cores, and do not spin between runs on cores that other workers share.
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             graph.SerializeToString(), sess_options=options, providers=providers
         )

@@ -55,3 +55,23 @@ def test_worker_processes_on_the_host_are_counted_once_each() -> None:
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def test_onnxruntime_follows_the_torch_thread_share() -> None:
+    """onnxruntime's pool is its own (one thread per core by default), not OpenMP's."""
+    import torch
+
+    from robustness.backends.ort_backend import OrtBackend
+    from tests.factories.hostile import linear_classifier
+
+    before = torch.get_num_threads()
+    try:
+        for share in (1, 2):
+            torch.set_num_threads(share)
+            backend = OrtBackend(
+                linear_classifier(), log_probabilities=False, device=torch.device("cpu")
+            )
+            options = backend.session.get_session_options()
+            assert (options.intra_op_num_threads, options.inter_op_num_threads) == (share, 1)
+    finally:
+        torch.set_num_threads(before)
