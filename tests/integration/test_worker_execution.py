@@ -52,6 +52,14 @@ def queue_audit(client: FlaskClient, auth: dict[str, str], model: bytes, config:
     return str(resp.get_json()["id"])
 
 
+def reload(db_session: Session, audit_id: str) -> Audit:
+    """The audit row as the database has it now (workers wrote it through other statements)."""
+    audit = db_session.get(Audit, audit_id)
+    assert audit is not None
+    db_session.refresh(audit)
+    return audit
+
+
 def run(db_session: Session, settings: Settings, audit_id: str, shard_size: int = 512) -> Audit:
     """What the run_audit and run_shard tasks do, in-process and in order."""
     store = ArtifactStore(settings.artifact_dir)
@@ -64,10 +72,7 @@ def run(db_session: Session, settings: Settings, audit_id: str, shard_size: int 
             position=position,
             worker="test-worker",
         )
-    audit = db_session.get(Audit, audit_id)
-    assert audit is not None
-    db_session.refresh(audit)
-    return audit
+    return reload(db_session, audit_id)
 
 
 def test_audit_runs_and_stores_the_contract_result(
@@ -154,9 +159,7 @@ def test_cancel_while_a_shard_runs_drops_its_result(
     assert not leases.complete_shard(db_session, audit_id, claim.shard_id, "w", {"x": 1})
     leases.release_shard(db_session, claim.shard_id, "w", "stopped: cancel requested")
     assert leases.settle_cancel(db_session, audit_id, settings.stale_after_s)
-    audit = db_session.get(Audit, audit_id)
-    assert audit is not None
-    db_session.refresh(audit)
+    audit = reload(db_session, audit_id)
     assert (audit.status, audit.result, audit.shards_done) == ("cancelled", None, 0)
     shard = db_session.scalars(select(AuditShard).where(AuditShard.audit_id == audit_id)).one()
     assert (shard.status, shard.result) == ("pending", None)
@@ -296,9 +299,7 @@ def test_a_shard_whose_worker_keeps_dying_fails_the_audit_naming_it(
         worker="last",
     )
     assert outcome == "failed"
-    audit = db_session.get(Audit, audit_id)
-    assert audit is not None
-    db_session.refresh(audit)
+    audit = reload(db_session, audit_id)
     assert audit.status == "failed"
     assert audit.error is not None
     assert "shard 0 (samples 0–39) was tried 3 times" in audit.error
@@ -325,14 +326,12 @@ def test_a_crash_of_the_sandbox_fails_at_once_but_a_kill_is_retried(
     assert end(killed, -signal.SIGKILL) == "retry"
     crashed = queue_audit(client, auth, cnn_onnx(natural_cnn()), {**LIGHT, "seed": 1})
     assert end(crashed, -signal.SIGSEGV) == "failed"
-    audit = db_session.get(Audit, crashed)
-    assert audit is not None
-    db_session.refresh(audit)
+    audit = reload(db_session, crashed)
     assert audit.status == "failed"
     assert audit.error is not None
     assert "SIGSEGV" in audit.error
     assert "not retried" in audit.error
-    assert db_session.get(Audit, killed).status != "failed"  # type: ignore[union-attr]
+    assert reload(db_session, killed).status != "failed"
 
 
 def test_a_graph_that_allocates_from_its_input_shape_hits_the_memory_limit(

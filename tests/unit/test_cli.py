@@ -10,17 +10,6 @@ import pytest
 
 from robaudit.cli import main
 from tests.factories import hostile
-from tests.factories.models import cnn_onnx, digits_split, natural_cnn
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> tuple[Path, Path]:
-    split = digits_split()
-    model = tmp_path / "digits.onnx"
-    model.write_bytes(cnn_onnx(natural_cnn()))
-    data = tmp_path / "test.npz"
-    data.write_bytes(hostile.npz_bytes(x=split.x_test[:32], y=split.y_test[:32]))
-    return model, data
 
 
 def test_check_json_matches_the_upload_report(

@@ -12,19 +12,8 @@ from robustness.report import result_to_dict
 from robustness.spec import Baseline
 from service.reports import report_html
 from service.storage import ArtifactStore
-from tests.factories import hostile
 from tests.factories.models import cnn_onnx, digits_split, natural_cnn
 from tests.unit.engine_helpers import audit
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> tuple[Path, Path]:
-    split = digits_split()
-    model = tmp_path / "digits.onnx"
-    model.write_bytes(cnn_onnx(natural_cnn()))
-    data = tmp_path / "test.npz"
-    data.write_bytes(hostile.npz_bytes(x=split.x_test[:32], y=split.y_test[:32]))
-    return model, data
 
 
 def test_run_says_whether_the_search_converged(
