@@ -240,11 +240,11 @@ def plan_and_queue(stack: Stack, ids: tuple[str, str], shard_sizes: list[int]) -
     """No worker running: lease, plan and queue audits in-process on an idle queue."""
     os.environ.update({k: v for k, v in stack.env.items() if k.startswith(("ROBAUDIT", "DATA"))})
     os.environ["REDIS_URL"] = stack.env["REDIS_URL"]
+    from infra.config import Settings
+    from infra.persistence.models import Audit
+    from infra.persistence.session import make_engine, make_session_factory
+    from infra.queue import RUN_SHARD, make_celery
     from service.audits import create_audit
-    from service.config import Settings
-    from service.persistence.models import Audit
-    from service.persistence.session import make_engine, make_session_factory
-    from service.queue import RUN_SHARD, make_celery
     from service.schemas import AuditConfig
     from worker.execution import plan_shards
 

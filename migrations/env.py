@@ -7,8 +7,8 @@ import os
 from alembic import context
 from sqlalchemy import Connection
 
-from service.persistence.models import Base
-from service.persistence.session import make_engine
+from infra.persistence.models import Base
+from infra.persistence.session import make_engine
 
 config = context.config
 target_metadata = Base.metadata

@@ -135,8 +135,8 @@ def _range(text: str) -> tuple[float, float]:
 
 
 def cmd_db_upgrade(_args: argparse.Namespace) -> int:
-    from service.config import Settings
-    from service.persistence.migrate import upgrade
+    from infra.config import Settings
+    from infra.persistence.migrate import upgrade
 
     settings = Settings.from_env()
     settings.ensure_dirs()
@@ -151,9 +151,9 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def _create_key(tenant: str, label: str | None) -> str:
+    from infra.config import Settings
+    from infra.persistence.session import make_engine, make_session_factory
     from service.auth import create_key
-    from service.config import Settings
-    from service.persistence.session import make_engine, make_session_factory
 
     engine = make_engine(Settings.from_env().database_url)
     with make_session_factory(engine)() as session:
@@ -189,8 +189,8 @@ def _worker_env(settings: Any) -> dict[str, str]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from service.config import Settings
-    from service.queue import QUEUE_KINDS, queue_names
+    from infra.config import Settings
+    from infra.queue import QUEUE_KINDS, queue_names
 
     settings = Settings.from_env()
     kinds = [k.strip() for k in args.queues.split(",") if k.strip()]
@@ -207,9 +207,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Migrate, make a dev key, start the API and one worker, stop both on Ctrl-C."""
     data_dir = args.data_dir.resolve()
     os.environ["ROBAUDIT_DATA_DIR"] = str(data_dir)
-    from service.config import Settings
-    from service.persistence.migrate import upgrade
-    from service.queue import queue_names
+    from infra.config import Settings
+    from infra.persistence.migrate import upgrade
+    from infra.queue import queue_names
 
     settings = Settings.from_env()
     settings.ensure_dirs()

@@ -336,7 +336,7 @@ def _short(exc: BaseException) -> str:
 def intake_file(
     payload: dict[str, Any], emit: Callable[[dict[str, Any]], None]
 ) -> dict[str, object]:
-    """Sandbox entry point (service.sandbox): check and inspect the ONNX file at payload["path"].
+    """Sandbox entry point (infra.sandbox): check and inspect the ONNX file at payload["path"].
 
     payload: {"path": str, "output": str | None, "limits": IntakeLimits fields}. Returns
     ModelInfo.to_dict(); a ModelRejected reaches the parent as ChildRaised.

@@ -6,12 +6,12 @@ from typing import Any
 
 from flask_openapi3 import Info, OpenAPI
 
+from infra.config import Settings
+from infra.queue import make_celery
+from infra.storage import ArtifactStore
 from service import errors, ratelimit
 from service.api import audits, compare, datasets, models, ops
-from service.config import Settings
 from service.db import db
-from service.queue import make_celery
-from service.storage import ArtifactStore
 
 SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description": "API key"}}
 

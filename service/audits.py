@@ -12,16 +12,16 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from infra.config import Settings
+from infra.dispatch import settle
+from infra.persistence.models import TERMINAL, Audit, AuditStatus, Model, utcnow
 from robustness.cost import estimate_cost
 from robustness.datasets import DatasetFacts, check_fit
 from robustness.spec import spec_from_config
 from service import limits
 from service.catalog import get_dataset, get_model
-from service.config import Settings
-from service.dispatch import settle
 from service.errors import NotFound, Problem
 from service.pagination import paginate
-from service.persistence.models import TERMINAL, Audit, AuditStatus, Model, utcnow
 from service.schemas import AuditConfig
 
 

@@ -9,9 +9,9 @@ from flask import g, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from infra.persistence.models import ApiKey, Tenant
 from service.db import db
 from service.errors import Problem
-from service.persistence.models import ApiKey, Tenant
 from service.ratelimit import count_bad_key
 
 PREFIX = "ra_"

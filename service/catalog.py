@@ -14,15 +14,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from infra.config import Settings
+from infra.persistence.models import Dataset, Model, utcnow
+from infra.sandbox import ChildRaised, LimitExceeded, Limits, SandboxError, run_sandboxed
+from infra.storage import ArtifactStore, StoredArtifact, TooLarge
 from robustness.datasets import scan_npz
 from robustness.onnx_safety import IntakeLimits
-from service.config import Settings
 from service.errors import NotFound, Problem, Unprocessable
 from service.limits import FLOAT32_MAX
 from service.pagination import paginate
-from service.persistence.models import Dataset, Model, utcnow
-from service.sandbox import ChildRaised, LimitExceeded, Limits, SandboxError, run_sandboxed
-from service.storage import ArtifactStore, StoredArtifact, TooLarge
 
 PENDING = "pending: a worker checks conversion and parity"
 INTAKE_TARGET = "robustness.onnx_graph:intake_file"

@@ -6,7 +6,7 @@ from flask import Flask, current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.persistence.session import make_engine, make_session_factory
+from infra.persistence.session import make_engine, make_session_factory
 
 KEY = "robaudit.db"
 

@@ -13,11 +13,11 @@ from typing import IO, Any, Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from infra.config import Settings
+from infra.persistence.models import Audit, AuditStatus, Dataset, Model
 from robustness.cost import estimate_cost
 from robustness.spec import spec_from_config
-from service.config import Settings
 from service.errors import Problem, Unprocessable
-from service.persistence.models import Audit, AuditStatus, Dataset, Model
 
 # How many of the model's latest succeeded audits give its measured throughput.
 THROUGHPUT_WINDOW = 5

@@ -12,7 +12,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from flask_limiter import Limiter, RequestLimit
 from limits import parse
 
-from service.config import Settings
+from infra.config import Settings
 from service.errors import problem_response
 from service.limits import RetryLater
 

@@ -9,12 +9,12 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from infra.persistence.models import Audit, AuditShard, AuditStatus, Dataset, Model
+from infra.storage import ArtifactStore
 from robustness.compare import compare
 from service.audits import audit_json, estimate, get_audit
 from service.catalog import dataset_json, model_json
 from service.errors import Problem
-from service.persistence.models import Audit, AuditShard, AuditStatus, Dataset, Model
-from service.storage import ArtifactStore
 
 MAX_COMPARE = 20
 

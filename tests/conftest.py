@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from service.persistence.migrate import upgrade
-from service.persistence.session import make_engine
+from infra.persistence.migrate import upgrade
+from infra.persistence.session import make_engine
 from tests import services
 
 

@@ -1,4 +1,4 @@
-"""Functions the sandbox tests run in a child process (service/sandbox.py)."""
+"""Functions the sandbox tests run in a child process (infra/sandbox.py)."""
 
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ from functools import cached_property
 from celery import Task
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.config import Settings
-from service.persistence.session import make_engine, make_session_factory
-from service.storage import ArtifactStore
+from infra.config import Settings
+from infra.persistence.session import make_engine, make_session_factory
+from infra.storage import ArtifactStore
 
 
 class RobauditTask(Task):

@@ -1,7 +1,7 @@
 """The worker's Celery app (`celery -A worker.celery_app worker`); configured from the env."""
 
-from service.config import Settings
-from service.queue import make_celery
+from infra.config import Settings
+from infra.queue import make_celery
 
 app = make_celery(Settings.from_env(), name="robaudit-worker")
 app.conf.include = ["worker.tasks", "worker.sweeper"]

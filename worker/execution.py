@@ -24,11 +24,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from infra.config import Settings
+from infra.persistence.models import Audit, AuditShard, AuditStatus, ShardStatus, utcnow
+from infra.storage import ArtifactStore
 from robustness.errors import AuditInputError, DatasetRejected, ModelRejected
 from robustness.report import merge_results
-from service.config import Settings
-from service.persistence.models import Audit, AuditShard, AuditStatus, ShardStatus, utcnow
-from service.storage import ArtifactStore
 from worker import leases, render, runner, sandboxed
 from worker.threads import torch_threads
 

@@ -1,7 +1,7 @@
 """Model inspection: conversion and parity on inputs drawn from the model's range, sandboxed.
 
 The API sends the task once, best effort; the sweeper re-sends it for any model not yet
-inspected (service/dispatch.py), so `inspected_at` is the outbox flag. A model whose
+inspected (infra/dispatch.py), so `inspected_at` is the outbox flag. A model whose
 inspection hits a sandbox limit or kills its child is marked failed, never re-sent.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from service.config import Settings
-from service.persistence.models import Model, utcnow
-from service.storage import ArtifactStore
+from infra.config import Settings
+from infra.persistence.models import Model, utcnow
+from infra.storage import ArtifactStore
 from worker import runner, sandboxed
 from worker.execution import INPUT_ERRORS
 from worker.threads import torch_threads

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.dispatch import settle_cancel
-from service.persistence.models import (
+from infra.dispatch import settle_cancel
+from infra.persistence.models import (
     ACTIVE,
     Audit,
     AuditShard,

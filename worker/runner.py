@@ -1,4 +1,4 @@
-"""Running a worker/sandboxed.py function in this worker's sandbox child (service/sandbox.py).
+"""Running a worker/sandboxed.py function in this worker's sandbox child (infra/sandbox.py).
 
 One child per worker process is kept between calls that read the same artifacts, so the
 shards of one audit on this worker share its converted-model cache. A child that hit a
@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from service.config import Settings
-from service.sandbox import (
+from infra.config import Settings
+from infra.sandbox import (
     ChildFailed,
     ChildRaised,
     LimitExceeded,

@@ -1,5 +1,5 @@
 """Each worker's sweeper thread: takes over shards of dead workers, re-sends lost or unsent
-work (service/dispatch.py), and finalises audits whose shards are all done but whose
+work (infra/dispatch.py), and finalises audits whose shards are all done but whose
 finalisation was interrupted (a worker killed between the last shard's commit and the merge)."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.config import Settings
-from service.dispatch import sweep
-from service.persistence.models import ACTIVE, Audit
-from service.persistence.session import make_engine, make_session_factory
-from service.sweep import sweep_configured
+from infra.config import Settings
+from infra.dispatch import sweep
+from infra.persistence.models import ACTIVE, Audit
+from infra.persistence.session import make_engine, make_session_factory
+from infra.sweep import sweep_configured
 from worker import execution
 
 log = logging.getLogger(__name__)

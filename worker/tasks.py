@@ -18,8 +18,8 @@ from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from service.persistence.models import TERMINAL, Audit, AuditShard, utcnow
-from service.queue import INSPECT_MODEL, RUN_AUDIT, RUN_SHARD
+from infra.persistence.models import TERMINAL, Audit, AuditShard, utcnow
+from infra.queue import INSPECT_MODEL, RUN_AUDIT, RUN_SHARD
 from worker import execution, inspection, leases
 from worker.base import RobauditTask
 from worker.celery_app import app
@@ -103,7 +103,7 @@ def inspect_model(self: RobauditTask, model_id: str) -> str:
 def _set_threads(**_kwargs: Any) -> None:
     import torch
 
-    from service.config import Settings
+    from infra.config import Settings
 
     threads = torch_threads(Settings.from_env())
     torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from service.config import Settings
+from infra.config import Settings
 
 MARKER = "worker.celery_app"  # in the command line of every robaudit worker process
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Response, current_app, send_file, url_for
 
+from infra.dispatch import send_audit
 from service import audits, reports
 from service.api.common import blueprint, json_response, settings, store
 from service.auth import tenant_id
 from service.db import db
-from service.dispatch import send_audit
 from service.schemas import (
     AuditCreate,
     AuditCreated,

@@ -7,10 +7,10 @@ from typing import Any
 from flask import Response, current_app, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 
+from infra.config import Settings
+from infra.storage import ArtifactStore
 from service.auth import authenticate
-from service.config import Settings
 from service.errors import PROBLEM, Problem
-from service.storage import ArtifactStore
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 PROBLEM_RESPONSES: dict[int | str, Any] = {

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Response
 
+from infra.persistence.models import Dataset
 from service import catalog, limits
 from service.api.common import blueprint, json_response, settings, store
 from service.auth import tenant_id
 from service.db import db
-from service.persistence.models import Dataset
 from service.schemas import DatasetForm, DatasetOut, DatasetPage, DatasetPath, ListQuery
 
 bp = blueprint("datasets", "/v1/datasets")

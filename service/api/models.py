@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from flask import Response, current_app
 
+from infra.persistence.models import Model
+from infra.queue import INSPECT_MODEL
 from service import catalog, limits
 from service.api.common import blueprint, json_response, settings, store
 from service.auth import tenant_id
 from service.db import db
-from service.persistence.models import Model
-from service.queue import INSPECT_MODEL
 from service.schemas import ModelForm, ModelListQuery, ModelOut, ModelPage, ModelPath
 
 bp = blueprint("models", "/v1/models")

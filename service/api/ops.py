@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app
 from sqlalchemy import text
 
+from infra.queue import broker_reachable
 from service.api.common import json_response, settings
 from service.db import db
-from service.queue import broker_reachable
 
 bp = Blueprint("ops", __name__)
 

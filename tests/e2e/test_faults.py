@@ -146,7 +146,7 @@ def sandbox_children(parents: set[int]) -> list[int]:
     return [
         pid
         for pid, ppid, cmdline in process_table()
-        if ppid in parents and b"service.sandbox_child" in cmdline
+        if ppid in parents and b"infra.sandbox_child" in cmdline
     ]
 
 

@@ -10,8 +10,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
+from infra.config import Settings
 from service.app import create_app
-from service.config import Settings
 from tests.factories.api import tenant_headers
 
 pytestmark = pytest.mark.integration

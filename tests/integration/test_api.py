@@ -11,9 +11,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from infra.config import Settings
+from infra.persistence.models import Audit
 from robaudit.digits import DigitsCNN, to_onnx
-from service.config import Settings
-from service.persistence.models import Audit
 from tests.factories import hostile
 from tests.factories.api import tenant_headers, upload_dataset, upload_model
 

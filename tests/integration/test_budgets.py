@@ -13,9 +13,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from infra.config import Settings
+from infra.persistence.models import Audit, AuditShard
 from service.app import create_app
-from service.config import Settings
-from service.persistence.models import Audit, AuditShard
 from tests import services
 from tests.factories.api import tenant_headers, upload_dataset, upload_model
 from tests.integration.test_api import assert_problem, cnn_bytes, digits_npz

@@ -13,8 +13,8 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
+from infra.persistence.models import Audit
 from robaudit.cli import main
-from service.persistence.models import Audit
 from tests.factories.api import upload_dataset, upload_model
 from tests.integration.test_api import cnn_bytes, digits_npz
 from tests.integration.test_history import fake_result, finished_audit

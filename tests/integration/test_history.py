@@ -7,7 +7,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.persistence.models import Audit
+from infra.persistence.models import Audit
 from tests.factories.api import tenant_headers, upload_dataset, upload_model
 from tests.integration.test_api import assert_problem, cnn_bytes, digits_npz
 
@@ -127,8 +127,8 @@ def test_losing_an_upload_race_answers_the_winner(
     client: FlaskClient, auth: dict[str, str], db_session: Session, ids: tuple[str, str]
 ) -> None:
     """Two uploads of the same bytes at once: the unique constraint picks one, no 500."""
+    from infra.persistence.models import Dataset
     from service.catalog import _insert_or_existing
-    from service.persistence.models import Dataset
 
     winner = db_session.get(Dataset, ids[1])
     assert winner is not None
@@ -155,9 +155,9 @@ def test_sweeper_recovers_abandoned_shards_and_unsent_work(
     died too, another audit's send was lost, and a model's inspection was never sent."""
     from datetime import timedelta
 
-    from service.dispatch import sweep
-    from service.persistence.models import AuditShard, Model, utcnow
-    from service.queue import make_celery
+    from infra.dispatch import sweep
+    from infra.persistence.models import AuditShard, Model, utcnow
+    from infra.queue import make_celery
     from worker.execution import plan_shards
     from worker.leases import claim_shard
 

@@ -33,10 +33,10 @@ from onnx import numpy_helper
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
+from infra.config import Settings
+from infra.persistence.migrate import upgrade
+from infra.persistence.session import make_engine
 from service.app import create_app
-from service.config import Settings
-from service.persistence.migrate import upgrade
-from service.persistence.session import make_engine
 from tests.factories import hostile
 from tests.factories.api import tenant_headers, upload_dataset, upload_model
 

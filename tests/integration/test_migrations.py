@@ -11,9 +11,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from service.persistence.migrate import alembic_config, upgrade
-from service.persistence.models import Base
-from service.persistence.session import make_engine
+from infra.persistence.migrate import alembic_config, upgrade
+from infra.persistence.models import Base
+from infra.persistence.session import make_engine
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.persistence.models import Audit, Model
-from service.storage import ArtifactStore, TooLarge
-from service.sweep import sweep_artifacts
+from infra.persistence.models import Audit, Model
+from infra.storage import ArtifactStore, TooLarge
+from infra.sweep import sweep_artifacts
 from tests.factories import hostile
 from tests.factories.api import upload_dataset, upload_model
 

@@ -10,10 +10,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from infra.config import Settings
+from infra.persistence.models import Audit, AuditShard, Model
+from infra.storage import ArtifactStore
 from robaudit.digits import to_onnx
-from service.config import Settings
-from service.persistence.models import Audit, AuditShard, Model
-from service.storage import ArtifactStore
 from tests.factories import hostile
 from tests.factories.api import upload_dataset, upload_model
 from tests.factories.models import cnn_onnx, digits_split, natural_cnn
@@ -270,8 +270,8 @@ def test_a_shard_whose_worker_keeps_dying_fails_the_audit_naming_it(
     """Each attempt is counted before it runs; after `max_shard_attempts` the audit fails."""
     from datetime import timedelta
 
-    from service.dispatch import take_over_stale_shards
-    from service.persistence.models import utcnow
+    from infra.dispatch import take_over_stale_shards
+    from infra.persistence.models import utcnow
 
     audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), SMALL)
     [position] = execution.plan_shards(db_session, audit_id, 512)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from infra.config import ENV_VARS
 from robaudit.cli import _parser
-from service.config import ENV_VARS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -53,7 +53,7 @@ def test_environment_names_are_ones_the_code_reads(name: str) -> None:
 
 def test_every_declared_variable_is_read_somewhere() -> None:
     source = "\n".join(
-        p.read_text() for d in ("service", "worker", "robaudit") for p in (ROOT / d).rglob("*.py")
+        p.read_text() for d in ("infra", "service", "worker", "robaudit") for p in (ROOT / d).rglob("*.py")
     )
     for var in ENV_VARS:
         assert re.search(rf'"{var}"', source.replace("ENV_VARS", "")), var
@@ -92,7 +92,7 @@ for name in ("torch", "onnxruntime", "onnx2pytorch", "onnxslim", "matplotlib"):
     sys.modules[name] = None  # any import of them now raises
 from pathlib import Path
 from service.app import create_app
-from service.config import Settings
+from infra.config import Settings
 settings = Settings(data_dir=Path({str(tmp_path)!r}), database_url="sqlite:///{tmp_path}/x.db")
 client = create_app({{"ROBAUDIT_SETTINGS": settings}}).test_client()
 assert client.get("/healthz").status_code == 200

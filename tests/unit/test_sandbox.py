@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service import landlock
-from service.sandbox import (
+from infra import landlock
+from infra.sandbox import (
     ChildFailed,
     ChildRaised,
     LimitExceeded,
@@ -144,7 +144,7 @@ def test_torch_and_onnxruntime_run_inside_with_the_thread_count() -> None:
 def test_the_child_dies_with_its_parent(tmp_path: Path) -> None:
     script = (
         "import sys\n"
-        "from service.sandbox import Limits, Sandbox\n"
+        "from infra.sandbox import Limits, Sandbox\n"
         "sandbox = Sandbox(Limits())\n"
         "sandbox.call('tests.sandbox_targets:echo', {})\n"
         "print(sandbox.pid, flush=True)\n"

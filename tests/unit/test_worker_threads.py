@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from service.config import Settings
+from infra.config import Settings
 from worker import threads
 
 

@@ -3,7 +3,7 @@
 Parsing, rewriting and converting an uploaded ONNX graph, and running it, may allocate
 gigabytes from a few KB of graph, loop for ever, or (through a parser bug) read files. The
 parent (an API or Celery worker process) never does that work itself. It starts
-`service.sandbox_child` with:
+`infra.sandbox_child` with:
 
 - a clean environment: no database or broker URL, no keys; an empty temporary working
   directory as cwd, HOME and TMPDIR;
@@ -44,7 +44,7 @@ from typing import IO, Any
 
 GiB = 1 << 30
 # The project's own top-level packages; only these are linked into the child's import path.
-PROJECT_PACKAGES = ("service", "worker", "robustness", "robaudit", "tests")
+PROJECT_PACKAGES = ("infra", "service", "worker", "robustness", "robaudit", "tests")
 # Variables a child may inherit: locale, thread-unrelated BLAS workarounds, GPU selection.
 INHERITED_ENV = ("LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CUDA_VISIBLE_DEVICES")
 POLL_S = 0.2
@@ -200,7 +200,7 @@ class Sandbox:
             OPENBLAS_NUM_THREADS=threads,
         )
         self._proc = subprocess.Popen(
-            [sys.executable, "-s", "-m", "service.sandbox_child", str(req_r), str(resp_w)],
+            [sys.executable, "-s", "-m", "infra.sandbox_child", str(req_r), str(resp_w)],
             cwd=workdir,
             env=env,
             stdin=subprocess.DEVNULL,

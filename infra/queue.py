@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 
-from service.config import Settings
+from infra.config import Settings
 
 RUN_AUDIT = "robaudit.run_audit"
 RUN_SHARD = "robaudit.run_shard"

@@ -18,8 +18,8 @@ from celery import Celery
 from sqlalchemy import and_, exists, false, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
-from service.config import Settings
-from service.persistence.models import (
+from infra.config import Settings
+from infra.persistence.models import (
     ACTIVE,
     Audit,
     AuditShard,
@@ -28,7 +28,7 @@ from service.persistence.models import (
     ShardStatus,
     utcnow,
 )
-from service.queue import INSPECT_MODEL, RUN_AUDIT, RUN_SHARD, queue_names
+from infra.queue import INSPECT_MODEL, RUN_AUDIT, RUN_SHARD, queue_names
 
 log = logging.getLogger(__name__)
 NEVER_SENT_GRACE = timedelta(seconds=5)  # the API sends right after commit; give it a moment

@@ -1,6 +1,6 @@
 """Landlock: an unprivileged process takes away its own file-system and TCP access.
 
-The sandbox child (service/sandbox_child.py) calls :func:`restrict` before it reads anything
+The sandbox child (infra/sandbox_child.py) calls :func:`restrict` before it reads anything
 a user uploaded, so that a hostile model cannot open files outside the paths it was given,
 whatever path an exploit or an external-data field names, and cannot reach the database or
 the broker over TCP. Linux ≥ 5.13 has it; where the kernel lacks it, :func:`abi` returns 0

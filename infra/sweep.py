@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.config import Settings
-from service.persistence.models import Audit, AuditShard, Dataset, Model
-from service.storage import ArtifactStore
+from infra.config import Settings
+from infra.persistence.models import Audit, AuditShard, Dataset, Model
+from infra.storage import ArtifactStore
 
 DIGEST = re.compile(r"[0-9a-f]{64}")
 _last_sweep: dict[Path, float] = {}  # per store, in this process: when it was last swept

@@ -1,9 +1,9 @@
-"""The sandbox's child process (`python -m service.sandbox_child REQ_FD RESP_FD`).
+"""The sandbox's child process (`python -m infra.sandbox_child REQ_FD RESP_FD`).
 
 It limits itself before it reads any request, because the requests carry uploaded models:
 rlimits on memory and file size, no core dumps, Landlock on files and TCP, and a thread that
 ends it when its parent dies. Then it runs one requested function at a time and answers in
-JSON lines (service/sandbox.py holds the protocol and the parent side).
+JSON lines (infra/sandbox.py holds the protocol and the parent side).
 
 Nothing here imports torch, Flask or SQLAlchemy: the targets import what they need.
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from service import landlock
+from infra import landlock
 
 # What a Python process with torch and onnxruntime reads outside its own installation.
 SYSTEM_READ = (
