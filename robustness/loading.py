@@ -13,6 +13,7 @@ from robustness.backends.base import ScoreBackend
 from robustness.backends.ort_backend import OrtBackend
 from robustness.backends.torch_backend import TorchBackend, parity
 from robustness.errors import AuditInputError, ModelRejected
+from robustness.onnx_contrib import CONTRIB, contrib_ops, lower_contrib_ops
 from robustness.onnx_graph import ModelInfo, inspect, load_model_bytes, scores_graph
 from robustness.onnx_lowering import batchnorm_inference_mode, lower_ml_ops
 from robustness.spec import BackendKind
@@ -162,10 +163,12 @@ def load(
 def _lowered(
     model: onnx.ModelProto, info: ModelInfo, output: str | None, probe: np.ndarray
 ) -> tuple[onnx.ModelProto, ModelInfo, list[str]]:
-    """Lower ai.onnx.ml ops when onnxruntime shows the lowered graph computes the same scores."""
-    lowered = lower_ml_ops(model)
+    """Lower ai.onnx.ml and onnxruntime's fused ops when onnxruntime shows the same scores."""
+    fused = contrib_ops(model)
+    lowered, kept = lower_contrib_ops(lower_ml_ops(model))
     if lowered is model:
         return model, info, []
+    what = _lowered_label(model, fused, kept)
     try:
         lowered_info = inspect(lowered, output)
         want, got = (
@@ -180,8 +183,21 @@ def _lowered(
     except Exception:
         ok = False
     if not ok:
-        return model, info, ["ai.onnx.ml ops kept: their standard-op rewrite did not match"]
-    return lowered, lowered_info, ["ai.onnx.ml ops rewritten to standard ops (checked)"]
+        return model, info, [f"{what} kept: their standard-op rewrite did not match"]
+    notes = [f"{what} rewritten to standard ops (checked)"]
+    if kept:
+        notes.append(f"{CONTRIB} {', '.join(kept)} kept: no standard-op formula for these settings")
+    return lowered, lowered_info, notes
+
+
+def _lowered_label(model: onnx.ModelProto, fused: list[str], kept: list[str]) -> str:
+    """Which rewrites a lowering made, for the notes: 'ai.onnx.ml ops', 'com.microsoft X, Y'."""
+    parts = []
+    if any(n.domain == "ai.onnx.ml" for n in model.graph.node):
+        parts.append("ai.onnx.ml ops")
+    if lowered := [op for op in fused if op not in kept]:
+        parts.append(f"{CONTRIB} {', '.join(lowered)}")
+    return " and ".join(parts) or "ops"
 
 
 def _rebatched(

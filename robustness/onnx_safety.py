@@ -21,6 +21,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from robustness.errors import ModelRejected
+from robustness.onnx_contrib import CONTRIB, LOWERABLE, NCHWC
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 SHAPE_VECTOR_MAX = 1024  # a constant that feeds a shape input is a short vector or a scalar
@@ -156,12 +157,32 @@ def check_parsed(model: onnx.ModelProto, limits: IntakeLimits) -> None:
     for scope in scopes:
         for node in scope.nodes:
             if node.domain not in ALLOWED_DOMAINS and (node.domain, node.op_type) not in local:
-                raise ModelRejected(
-                    f"node {node.name or node.op_type!r} in {scope.where} uses operator domain "
-                    f"{node.domain!r}; allowed domains are the standard ONNX ones "
-                    f"({sorted(ALLOWED_DOMAINS)}) and the model's own functions"
-                )
+                _reject_foreign(node, scope.where)
         _reject_huge_shapes(scope, limits)
+
+
+def _reject_foreign(node: onnx.NodeProto, where: str) -> None:
+    """Refuse a node outside the standard domains, unless it is a contrib op we can lower."""
+    label = f"node {node.name or node.op_type!r} in {where}"
+    if node.domain == CONTRIB and node.op_type in LOWERABLE:
+        return
+    if node.domain == CONTRIB:
+        raise ModelRejected(
+            f"{label} uses onnxruntime's fused op {CONTRIB}.{node.op_type}, which robaudit "
+            f"cannot rewrite to standard ops (it can: {', '.join(sorted(LOWERABLE))}); "
+            "upload the graph as exported, before onnxruntime optimised it"
+        )
+    if node.domain == NCHWC:
+        raise ModelRejected(
+            f"{label} uses {NCHWC}.{node.op_type}, a CPU-specific layout op that onnxruntime "
+            "writes at ORT_ENABLE_ALL; save the optimised graph at ORT_ENABLE_EXTENDED, or "
+            "upload the graph as exported"
+        )
+    raise ModelRejected(
+        f"{label} uses operator domain {node.domain!r}; allowed domains are the standard ONNX "
+        f"ones ({sorted(ALLOWED_DOMAINS)}), the model's own functions, and these onnxruntime "
+        f"fused ops: {', '.join(sorted(LOWERABLE))}"
+    )
 
 
 def _scopes(model: onnx.ModelProto) -> Iterator[_Scope]:
