@@ -53,7 +53,9 @@ def test_environment_names_are_ones_the_code_reads(name: str) -> None:
 
 def test_every_declared_variable_is_read_somewhere() -> None:
     source = "\n".join(
-        p.read_text() for d in ("infra", "service", "worker", "robaudit") for p in (ROOT / d).rglob("*.py")
+        p.read_text()
+        for d in ("infra", "service", "worker", "robaudit")
+        for p in (ROOT / d).rglob("*.py")
     )
     for var in ENV_VARS:
         assert re.search(rf'"{var}"', source.replace("ENV_VARS", "")), var
