@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 
 from robustness.backends.base import ScoreBackend
@@ -16,6 +18,7 @@ from robustness.errors import AuditInputError, ModelRejected
 from robustness.onnx_contrib import CONTRIB, contrib_ops, lower_contrib_ops
 from robustness.onnx_graph import ModelInfo, inspect, load_model_bytes, scores_graph
 from robustness.onnx_lowering import batchnorm_inference_mode, lower_ml_ops
+from robustness.onnx_precision import HALF_PARITY_RTOL, float32_copy, half_input_type
 from robustness.spec import BackendKind
 
 PARITY_RTOL = 1e-4
@@ -115,7 +118,9 @@ def load(
     model = load_model_bytes(data)
     info = inspect(model, output)
     _check_probe_shape(info, probe)
-    model, info, notes = _lowered(model, info, output, probe)
+    model, info, notes = _widened(model, info, output, probe)
+    model, info, lowered = _lowered(model, info, output, probe)
+    notes += lowered
     log_probs = info.kind == "probabilities" and not info.softmax_stripped
 
     def session(graph: onnx.ModelProto) -> tuple[OrtBackend, np.ndarray]:
@@ -158,6 +163,40 @@ def load(
     return LoadedModel(
         info=info, backend=chosen, statuses=statuses, reference=ort_backend, notes=tuple(notes)
     )
+
+
+def _widened(
+    model: onnx.ModelProto, info: ModelInfo, output: str | None, probe: np.ndarray
+) -> tuple[onnx.ModelProto, ModelInfo, list[str]]:
+    """A float16 graph computed in float32, when onnxruntime shows the copy gives its scores."""
+    half = half_input_type(model)
+    if half is None:
+        return model, info, []
+    if half != onnx.TensorProto.FLOAT16:
+        raise ModelRejected("bfloat16 inputs are not supported; export in float32 or float16")
+    wide = float32_copy(model)
+    tolerance = HALF_PARITY_RTOL[half]
+    try:
+        wide_info = inspect(wide, output)
+        want = _ort_run(scores_graph(model, info, rebatch=False), probe.astype(np.float16))
+        got = _ort_run(scores_graph(wide, wide_info, rebatch=False), probe)
+        rel = parity(got, want.astype(np.float32))[1] if got.shape == want.shape else math.inf
+    except Exception as exc:
+        raise ModelRejected(f"the float16 graph could not be computed in float32: {exc}") from exc
+    if not rel <= tolerance:
+        raise ModelRejected(
+            f"the float16 graph computed in float32 differs from it by relative max |Δ| "
+            f"{rel:.1e} > {tolerance:.0e}; export the model in float32"
+        )
+    note = f"float16 graph computed in float32 (checked: relative |Δ| {rel:.1e} ≤ {tolerance:.0e})"
+    return wide, wide_info, [note]
+
+
+def _ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """One onnxruntime CPU run of a one-input graph, in the feed's own precision."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.asarray(session.run(None, {name: x})[0])
 
 
 def _lowered(

@@ -44,9 +44,7 @@ class _Builder:
         self.nodes.append(helper.make_node("Constant", [], [out], name=out, value=tensor))
         return out
 
-    def op(
-        self, op_type: str, inputs: Sequence[str], out: str | None = None, **attrs: Any
-    ) -> str:
+    def op(self, op_type: str, inputs: Sequence[str], out: str | None = None, **attrs: Any) -> str:
         out = out or self.name()
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=self.name(), **attrs))
         return out
