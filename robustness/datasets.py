@@ -160,15 +160,17 @@ def _members(path: Path, max_member_bytes: int, max_total_bytes: int) -> Iterato
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
         names = [i.filename for i in infos]
+        found = [n.removesuffix(".npy") for n in names]
         if len(names) != len(set(names)) or set(names) - set(MEMBERS):
             raise DatasetRejected(
-                f"the .npz must hold exactly the members x.npy and y.npy; found {names}. "
-                "Save it with np.savez(f, x=x, y=y)"
+                f"the .npz must hold exactly the arrays x and y; found {found}. "
+                "Save it with np.savez(f, x=inputs, y=labels)"
             )
         missing = [m.removesuffix(".npy") for m in MEMBERS if m not in names]
         if missing:
             raise DatasetRejected(
-                f"the .npz lacks array(s) {missing}; it needs x (float, N×…) and y (int, N)"
+                f"the .npz lacks array(s) {missing} (found {found}); it needs x (float, N×…) "
+                "and y (int, N): np.savez(f, x=inputs, y=labels)"
             )
         for info in infos:
             ratio = info.file_size / max(info.compress_size, 1)
