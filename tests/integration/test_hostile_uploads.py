@@ -215,7 +215,7 @@ def _dataset_cases() -> list[Case]:
         ("total-over-cap", lambda: hostile.total_over_cap_npz(MiB), 422, "in total"),
         ("not-zip", lambda: b"x,y\n1,2\n", 422, "not an .npz"),
         ("missing-y", lambda: hostile.npz_bytes(x=ok_x), 422, "lacks array(s) ['y']"),
-        ("nested-member", hostile.nested_member_npz, 422, "'sub/x.npy'"),
+        ("nested-member", hostile.nested_member_npz, 422, "'sub/x'"),
         ("duplicate-member", hostile.duplicate_member_npz, 422, "exactly the members"),
         ("extra-member", lambda: hostile.npz_bytes(x=ok_x, y=ok_y, z=ok_y), 422, "'z.npy'"),
         ("many-members", hostile.many_members_npz, 422, "5000 members"),
