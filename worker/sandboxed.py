@@ -7,7 +7,6 @@ the rows, passes the paths, writes what comes back, and kills the child on cance
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from infra.config import Settings
 from robustness import engine, loading
 from robustness.datasets import load_npz
 from robustness.report import result_to_dict
@@ -28,7 +28,7 @@ Emit = Callable[[dict[str, Any]], None]
 
 def device() -> torch.device:
     """ROBAUDIT_DEVICE if set (e.g. cpu, cuda:1), else CUDA when present."""
-    name = os.environ.get("ROBAUDIT_DEVICE")
+    name = Settings.from_env().device
     return torch.device(name) if name else loading.default_device()
 
 
