@@ -226,7 +226,8 @@ class Settings(BaseSettings):
     @classmethod
     def _sqlite_in_the_data_dir(cls, values: Any) -> Any:
         if isinstance(values, dict) and not values.get("database_url"):
-            data_dir = Path(values.get("data_dir") or ".robaudit").resolve()
+            data_dir = Path(values.get("data_dir") or cls.model_fields["data_dir"].default)
+            data_dir = data_dir.resolve()
             values = {**values, "database_url": f"sqlite:///{data_dir / 'robaudit.db'}"}
         return values
 

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from infra.config import Settings
 from robustness import engine, loading
 from robustness.datasets import load_npz
 from robustness.report import result_to_dict
@@ -28,6 +27,8 @@ Emit = Callable[[dict[str, Any]], None]
 
 def device() -> torch.device:
     """ROBAUDIT_DEVICE if set (e.g. cpu, cuda:1), else CUDA when present."""
+    from infra.config import Settings  # called by the parent: the child reads no settings
+
     name = Settings.from_env().device
     return torch.device(name) if name else loading.default_device()
 
