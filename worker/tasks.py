@@ -18,6 +18,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from infra.config import Settings
 from infra.persistence.models import TERMINAL, Audit, AuditShard, utcnow
 from infra.queue import INSPECT_MODEL, RUN_AUDIT, RUN_SHARD
 from worker import execution, inspection, leases
@@ -26,7 +27,7 @@ from worker.celery_app import app
 from worker.threads import torch_threads
 
 log = logging.getLogger(__name__)
-TIME_LIMIT = int(os.environ.get("ROBAUDIT_AUDIT_TIME_LIMIT_S", str(6 * 3600)))
+TIME_LIMIT = Settings.from_env().audit_time_limit_s
 RETRYABLE = (DBAPIError, BrokerError)  # the database or the broker blinked: try again later
 COMMON: dict[str, Any] = {
     "base": RobauditTask,
