@@ -1,4 +1,4 @@
-"""Reports, comparisons and metrics: read-only views over the audit history."""
+"""Reports and comparisons: read-only views over the audit history (metrics: telemetry.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import json
 from typing import Any
 
 import jinja2
-from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from infra.persistence.models import Audit, AuditShard, AuditStatus, Dataset, Model
+from infra.persistence.models import AuditStatus
 from infra.storage import ArtifactStore
 from robustness.compare import compare
 from service.audits import audit_json, estimate, get_audit
@@ -79,62 +78,6 @@ def compare_audits(
         "items": items,
         "verdicts": verdicts,
     }
-
-
-def _audit_counts(session: Session, tenant_id: str) -> dict[str, int]:
-    """Audits by status, where `running` means work observed: a leased audit none of whose
-    shards has started (still `pending` with nothing done) is waiting, so it counts as
-    queued (issue 10: /metrics said running 12 while 11 of them waited)."""
-    counts = dict(
-        session.execute(
-            select(Audit.status, func.count())
-            .where(Audit.tenant_id == tenant_id)
-            .group_by(Audit.status)
-        ).all()
-    )
-    started = (
-        select(AuditShard.id)
-        .where(
-            AuditShard.audit_id == Audit.id,
-            or_(AuditShard.status != "pending", AuditShard.done > 0),
-        )
-        .exists()
-    )
-    waiting = session.scalar(
-        select(func.count())
-        .select_from(Audit)
-        .where(
-            Audit.tenant_id == tenant_id,
-            Audit.status == AuditStatus.RUNNING.value,
-            ~started,
-        )
-    )
-    if waiting:
-        counts[AuditStatus.RUNNING.value] -= waiting
-        counts[AuditStatus.QUEUED.value] = counts.get(AuditStatus.QUEUED.value, 0) + waiting
-    return counts
-
-
-def metrics_text(*, session: Session, tenant_id: str) -> str:
-    """Prometheus text exposition of this tenant's audit counts, and its live models and
-    datasets (soft-deleted ones are gone for the tenant, so they are not counted)."""
-    lines = [
-        "# HELP robaudit_audits Audits of this tenant by status.",
-        "# TYPE robaudit_audits gauge",
-    ]
-    counts = _audit_counts(session, tenant_id)
-    # Every status the rows hold, so a state added later (cancelling) is never hidden.
-    statuses = [s.value for s in AuditStatus] + sorted(set(counts) - set(AuditStatus))
-    for status in statuses:
-        lines.append(f'robaudit_audits{{status="{status}"}} {counts.get(status, 0)}')
-    for name, entity in (("models", Model), ("datasets", Dataset)):
-        total = session.scalar(
-            select(func.count())
-            .select_from(entity)
-            .where(entity.tenant_id == tenant_id, entity.deleted_at.is_(None))
-        )
-        lines += [f"# TYPE robaudit_{name} gauge", f"robaudit_{name} {total or 0}"]
-    return "\n".join(lines) + "\n"
 
 
 def report_html(data: dict[str, Any], store: ArtifactStore) -> str:
