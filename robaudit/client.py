@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.parse
@@ -31,7 +30,10 @@ class Client:
 
     @classmethod
     def from_env(cls) -> Client:
-        url, key = os.environ.get("ROBAUDIT_URL"), os.environ.get("ROBAUDIT_API_KEY")
+        from infra.config import Settings
+
+        settings = Settings.from_env()
+        url, key = settings.api_url, settings.api_key and settings.api_key.get_secret_value()
         if not url or not key:
             raise ApiError(0, "Not configured", "set ROBAUDIT_URL and ROBAUDIT_API_KEY")
         return cls(url, key)

@@ -7,9 +7,10 @@ from typing import Any
 from flask_openapi3 import Info, OpenAPI
 
 from infra.config import Settings
+from infra.logging import configure_logging
 from infra.queue import make_celery
 from infra.storage import ArtifactStore
-from service import errors, ratelimit
+from service import errors, ratelimit, telemetry
 from service.api import audits, compare, datasets, models, ops
 from service.db import db
 
@@ -19,6 +20,7 @@ SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description"
 def create_app(config: dict[str, Any] | None = None) -> OpenAPI:
     """Build the API. `config` may hold ROBAUDIT_SETTINGS (a Settings) or Flask keys."""
     config = dict(config or {})
+    configure_logging()
     settings: Settings = config.pop("ROBAUDIT_SETTINGS", None) or Settings.from_env()
     settings.ensure_dirs()
     app = OpenAPI(
@@ -35,6 +37,7 @@ def create_app(config: dict[str, Any] | None = None) -> OpenAPI:
         JSON_SORT_KEYS=False,
     )
     app.config.update(config)
+    telemetry.init_app(app)  # first: its hooks time and tag everything after them
     db.init_app(app)
     app.extensions["robaudit.store"] = ArtifactStore(settings.artifact_dir)
     app.extensions["robaudit.celery"] = make_celery(settings, name="robaudit-api")

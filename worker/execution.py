@@ -17,7 +17,6 @@ import threading
 import time
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -310,8 +309,8 @@ def _store(
 
 def _failpoint(name: str, key: str) -> None:
     """Fault tests kill this worker here (kill -9), once, when they leave a marker file."""
-    folder = os.environ.get("ROBAUDIT_FAILPOINT_DIR")
-    marker = Path(folder) / f"{name}-{key}" if folder else None
+    folder = Settings.from_env().failpoint_dir
+    marker = folder / f"{name}-{key}" if folder else None
     if marker is not None and marker.exists():
         marker.unlink()
         os.kill(os.getpid(), signal.SIGKILL)

@@ -7,7 +7,6 @@ limit, crashed or was stopped is not reused (the sandbox ends it).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +28,7 @@ _current: Sandbox | None = None
 
 
 def _cuda() -> bool:
-    return "cuda" in os.environ.get("ROBAUDIT_DEVICE", "")
+    return "cuda" in (Settings.from_env().device or "")
 
 
 def limits(settings: Settings, *, wall_seconds: float, threads: int) -> Limits:

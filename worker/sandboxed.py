@@ -7,7 +7,6 @@ the rows, passes the paths, writes what comes back, and kills the child on cance
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +27,9 @@ Emit = Callable[[dict[str, Any]], None]
 
 def device() -> torch.device:
     """ROBAUDIT_DEVICE if set (e.g. cpu, cuda:1), else CUDA when present."""
-    name = os.environ.get("ROBAUDIT_DEVICE")
+    from infra.config import Settings  # called by the parent: the child reads no settings
+
+    name = Settings.from_env().device
     return torch.device(name) if name else loading.default_device()
 
 

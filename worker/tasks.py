@@ -12,12 +12,14 @@ import os
 import socket
 from typing import Any
 
-from celery.signals import worker_init, worker_process_init, worker_shutting_down
+import structlog
+from celery.signals import task_prerun, worker_init, worker_process_init, worker_shutting_down
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from infra.config import Settings
 from infra.persistence.models import TERMINAL, Audit, AuditShard, utcnow
 from infra.queue import INSPECT_MODEL, RUN_AUDIT, RUN_SHARD
 from worker import execution, inspection, leases
@@ -26,7 +28,7 @@ from worker.celery_app import app
 from worker.threads import torch_threads
 
 log = logging.getLogger(__name__)
-TIME_LIMIT = int(os.environ.get("ROBAUDIT_AUDIT_TIME_LIMIT_S", str(6 * 3600)))
+TIME_LIMIT = Settings.from_env().audit_time_limit_s
 RETRYABLE = (DBAPIError, BrokerError)  # the database or the broker blinked: try again later
 COMMON: dict[str, Any] = {
     "base": RobauditTask,
@@ -113,3 +115,20 @@ def _set_threads(**_kwargs: Any) -> None:
 @worker_shutting_down.connect
 def _stop_shards(**_kwargs: Any) -> None:
     execution.SHUTDOWN.set()
+
+
+# What each task's arguments are, for the log context: every line it logs names its work.
+_LOG_CONTEXT = {
+    RUN_AUDIT: ("audit_id",),
+    RUN_SHARD: ("audit_id", "shard"),
+    INSPECT_MODEL: ("model_id",),
+}
+
+
+@task_prerun.connect
+def _bind_log_context(task: Any = None, args: Any = (), **_kwargs: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        **dict(zip(_LOG_CONTEXT.get(task.name, ()), args, strict=False))
+    )
+    log.info("task %s started", task.name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response
 
-from service import reports
+from service import reports, telemetry
 from service.api.common import blueprint, json_response
 from service.auth import tenant_id
 from service.db import db
@@ -30,6 +30,6 @@ def compare_audits(query: CompareQuery) -> Response:
 
 @bp.get("/metrics", responses={200: None})
 def metrics() -> Response:
-    """Prometheus text format: this tenant's audits by status, models, datasets."""
-    text = reports.metrics_text(session=db.session, tenant_id=tenant_id())
-    return Response(text, mimetype="text/plain; version=0.0.4")
+    """Prometheus text format: this tenant's audits by status, models and datasets; the
+    service's queue depth and worker throughput; this API process's request latency."""
+    return telemetry.metrics_response(session=db.session, tenant_id=tenant_id())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import time
 import uuid
@@ -140,3 +141,14 @@ def test_redis_postgres_mode_end_to_end(production: Running) -> None:
     assert out["model"]["backends"]["torch"]["ok"] is True  # the inspect task ran too
     ready = requests.get(f"{production.url}/readyz", timeout=10).json()
     assert ready["checks"] == {"database": "ok", "broker": "ok"}
+    # Log lines are JSON (Celery's banner and gunicorn's own lines are not log records), and
+    # each shard task's lines, Celery's included, name the audit and the shard.
+    audit_id = out["audit"]["id"]
+    worker = [json.loads(x) for x in production.logs[1].read_text().splitlines() if x[:1] == "{"]
+    of_shards = [x for x in worker if x.get("audit_id") == audit_id and "shard" in x]
+    assert {x["shard"] for x in of_shards} == {0, 1, 2}
+    assert {"worker.tasks", "celery.app.trace"} <= {x["logger"] for x in of_shards}
+    api = [json.loads(x) for x in production.logs[0].read_text().splitlines() if x[:1] == "{"]
+    served = [x for x in api if x["event"] == "request"]
+    assert served
+    assert all(x["request_id"] for x in served)

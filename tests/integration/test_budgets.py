@@ -250,7 +250,7 @@ def test_metrics_count_queued_and_running_and_skip_deleted(
     text = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert 'robaudit_audits{status="queued"} 2' in text
     assert 'robaudit_audits{status="running"} 1' in text
-    assert "robaudit_models 1\n" in text
-    assert "robaudit_datasets 1\n" in text
+    assert "robaudit_models 1.0\n" in text
+    assert "robaudit_datasets 1.0\n" in text
     other = client.get("/metrics", headers=tenant_headers(db_session, "globex"))
     assert 'robaudit_audits{status="queued"} 0' in other.get_data(as_text=True)
