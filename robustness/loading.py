@@ -13,7 +13,7 @@ import torch
 
 from robustness.backends.base import ScoreBackend
 from robustness.backends.ort_backend import OrtBackend
-from robustness.backends.torch_backend import TorchBackend, parity
+from robustness.backends.torch_backend import CONVERTERS, TorchBackend, parity
 from robustness.errors import AuditInputError, ModelRejected
 from robustness.onnx_contrib import CONTRIB, contrib_ops, lower_contrib_ops
 from robustness.onnx_graph import ModelInfo, inspect, load_model_bytes, scores_graph
@@ -151,9 +151,10 @@ def load(
     if backend is BackendKind.ONNXRUNTIME:
         statuses[BackendKind.TORCH] = BackendStatus(ok=False, reason="not requested")
     else:
-        torch_backend, statuses[BackendKind.TORCH] = _try_torch(
+        torch_backend, statuses[BackendKind.TORCH], tried = _try_torch(
             graph, log_probs, device, probe, reference
         )
+        notes += tried
     if backend is BackendKind.TORCH and torch_backend is None:
         raise ModelRejected(
             f"the torch backend is unavailable: {statuses[BackendKind.TORCH].reason}; "
@@ -327,9 +328,31 @@ def _try_torch(
     device: torch.device,
     probe: np.ndarray,
     reference: np.ndarray,
+) -> tuple[TorchBackend | None, BackendStatus, list[str]]:
+    """The first converter whose module matches onnxruntime, its status, and what failed."""
+    failures: list[str] = []
+    status = BackendStatus(ok=False)
+    for converter in CONVERTERS:
+        candidate, status = _convert(graph, converter, log_probs, device, probe, reference)
+        if candidate is not None:
+            tried = f" ({'; '.join(failures)})" if failures else ""
+            return candidate, status, [f"converted to torch by {converter}{tried}"]
+        failures.append(f"{converter}: {status.reason}")
+    return None, replace(status, reason="; ".join(failures)), []
+
+
+def _convert(
+    graph: onnx.ModelProto,
+    converter: str,
+    log_probs: bool,
+    device: torch.device,
+    probe: np.ndarray,
+    reference: np.ndarray,
 ) -> tuple[TorchBackend | None, BackendStatus]:
     try:
-        candidate = TorchBackend(graph, log_probabilities=log_probs, device=device)
+        candidate = TorchBackend(
+            graph, log_probabilities=log_probs, device=device, converter=converter
+        )
         got = candidate.raw_outputs(torch.from_numpy(probe)).cpu().numpy()
     except Exception as exc:
         return None, BackendStatus(ok=False, reason=f"conversion failed: {str(exc)[:300]}")
