@@ -99,12 +99,13 @@ class ProgressLine:
         self._last_key: tuple[str, int] | None = None
         self._drawn = False
 
-    def update(self, done: int, total: int, stage: str) -> None:
+    def update(self, done: int, total: int, stage: str, eta: float | None = None) -> None:
+        """`eta`: the server's estimate in seconds; without one, the rate seen so far."""
         now = self.clock()
         total = max(total, 1)
         if self._first is None and done > 0:
             self._first = (now, done)
-        line = self._format(done, total, stage, now)
+        line = self._format(done, total, stage, now, eta)
         if self.stream.isatty():
             print(f"\r{line}", end="", file=self.stream, flush=True)
             self._drawn = True
@@ -114,16 +115,26 @@ class ProgressLine:
             self._last_key = key
             print(line, file=self.stream, flush=True)
 
+    def note(self, text: str) -> None:
+        """A step before the counted work starts (loading a model), so no silent minute."""
+        line = f"{text} (elapsed {duration(self.clock() - self.start)})"
+        if self.stream.isatty():
+            print(f"\r{line}", end="", file=self.stream, flush=True)
+            self._drawn = True
+        else:
+            print(line, file=self.stream, flush=True)
+
     def finish(self) -> None:
         if self._drawn:
             print(file=self.stream, flush=True)
             self._drawn = False
 
-    def _format(self, done: int, total: int, stage: str, now: float) -> str:
+    def _format(self, done: int, total: int, stage: str, now: float, eta: float | None) -> str:
         filled = int(30 * min(done, total) / total)
         bar = "#" * filled + "-" * (30 - filled)
         text = f"[{bar}] {done}/{total} {stage:<12s} elapsed {duration(now - self.start)}"
-        if self._first is not None and done > self._first[1] and done < total:
-            rate = (done - self._first[1]) / max(now - self._first[0], 1e-9)
-            text += f"  eta {duration((total - done) / rate)}"
+        if eta is None and self._first is not None and self._first[1] < done < total:
+            eta = (total - done) * (now - self._first[0]) / (done - self._first[1])
+        if eta is not None and done < total:
+            text += f"  eta {duration(eta)}"
         return text

@@ -123,6 +123,7 @@ def _audit(args: argparse.Namespace, progress: ProgressLine) -> dict[str, Any]:
 
     config = AUDIT_OPTIONS.build(args)
     spec = spec_from_config(config.model_dump(), parse_range(args.input_range))
+    progress.note("loading the data and the model")
     x, y = load_npz(args.data, max_member_bytes=8 << 30)
     x, y = x[: spec.max_samples].astype("float32"), y[: spec.max_samples].astype("int64")
     device = loading.default_device()

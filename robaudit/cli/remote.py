@@ -107,7 +107,7 @@ def _wait(client: Client, audit_id: str) -> dict[str, Any]:
 
     def show(audit: dict[str, Any]) -> None:
         p = audit["progress"]
-        progress.update(p["done"], p["total"], p["stage"] or audit["status"])
+        progress.update(p["done"], p["total"], p["stage"] or audit["status"], p.get("eta_seconds"))
 
     try:
         audit = client.wait(audit_id, show)
