@@ -165,9 +165,15 @@ def _argparse_kwargs(annotation: Any) -> dict[str, Any] | None:
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}
     if get_origin(annotation) in (list, tuple, set, frozenset):
-        args = [a for a in get_args(annotation) if a is not Ellipsis]
-        element = _scalar_kwargs(_strip_optional(args[0])) if len(args) == 1 else None
-        return None if element is None else {**element, "nargs": "+"}
+        args = get_args(annotation)
+        if get_origin(annotation) is tuple and Ellipsis not in args and len(set(args)) == 1:
+            nargs: int | str = len(args)  # tuple[float, float]: exactly two values
+        elif len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis):
+            nargs = "+"
+        else:
+            return None
+        element = _scalar_kwargs(_strip_optional(args[0]))
+        return None if element is None else {**element, "nargs": nargs}
     return _scalar_kwargs(annotation)
 
 

@@ -36,6 +36,7 @@ class Settings(BaseModel):
     mode: Literal["fast", "slow"] = Field("fast", description="speed, 100% or less")
     colour: Colour = Colour.RED
     step: PositiveFloat | None = None
+    bounds: tuple[float, float] = (0.0, 1.0)
     verbose: bool = False
     inner: Inner = Inner()
     extra: dict[str, int] = {}
@@ -49,12 +50,12 @@ def parse(flags: ModelFlags[Settings], *argv: str) -> argparse.Namespace:
 
 def test_fields_become_typed_flags_and_the_model_comes_back() -> None:
     flags = ModelFlags(Settings, aliases={"radii": "--r"}, help={"colour": "a colour"})
-    args = parse(flags, "--r", "0.1", "0.2", "--mode", "slow", "--colour", "blue",
-                 "--step", "2", "--verbose", "--inner-size", "7")  # fmt: skip
+    args = parse(flags, "--r", "0.1", "0.2", "--mode", "slow", "--colour", "blue", "--step", "2",
+                 "--verbose", "--inner-size", "7", "--bounds", "-1", "1")  # fmt: skip
     built = flags.build(args)
     assert built == Settings(
         radii=[0.1, 0.2], mode="slow", colour=Colour.BLUE, step=2.0, verbose=True,
-        inner=Inner(size=7),
+        inner=Inner(size=7), bounds=(-1.0, 1.0),
     )  # fmt: skip
     with pytest.raises(argparse.ArgumentError, match="invalid choice"):
         parse(flags, "--mode", "medium")
