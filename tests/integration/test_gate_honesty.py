@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
-from werkzeug.serving import make_server
 
 from infra.persistence.models import Audit
 from robaudit.cli import main
@@ -25,17 +21,6 @@ def ids(client: FlaskClient, auth: dict[str, str]) -> tuple[str, str]:
     model = upload_model(client, auth, cnn_bytes(), name="digits").get_json()["id"]
     dataset = upload_dataset(client, auth, digits_npz()).get_json()["id"]
     return model, dataset
-
-
-@pytest.fixture
-def server(app: Flask) -> Iterator[str]:
-    """The app on a real local HTTP port, for the CLI's client."""
-    httpd = make_server("127.0.0.1", 0, app)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    thread.join()
 
 
 def _with_config(db: Session, audit_id: str, **changes: object) -> None:
