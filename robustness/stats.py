@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from robustness.spec import Convergence, DivergenceSummary
+from robustness.results import Convergence, DivergenceSummary
 
 
 def summarize(values: np.ndarray, *, seed: int = 0, resamples: int = 2000) -> DivergenceSummary:

@@ -9,9 +9,10 @@ import pytest
 
 from robaudit.digits import to_onnx
 from robustness.compare import compare, paired_test
+from robustness.config import Baseline
 from robustness.engine import run_audit
 from robustness.report import divergence_dict, result_to_dict
-from robustness.spec import AuditSpec, Baseline
+from robustness.spec import AuditSpec
 from robustness.stats import summarize
 from tests.factories.models import adversarial_cnn, digits_split, natural_cnn
 from tests.unit.engine_helpers import CPU, load_cpu

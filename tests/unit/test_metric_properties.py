@@ -10,7 +10,7 @@ import torch
 
 from robaudit.digits import DigitsCNN, to_onnx
 from robustness.attacks.divergence import DivergenceSearch
-from robustness.spec import BackendKind, Baseline, LogitNormalization, Norm
+from robustness.config import BackendKind, Baseline, LogitNormalization, Norm
 from tests.factories.models import Constant, adversarial_cnn, digits_split, mlp_onnx, natural_cnn
 from tests.unit.engine_helpers import audit, load_cpu, mean_psi
 
