@@ -12,10 +12,10 @@ import torch
 from robustness.backends.base import ScoreBackend
 from robustness.backends.ort_backend import OrtBackend
 from robustness.backends.torch_backend import TorchBackend, parity
+from robustness.config import BackendKind
 from robustness.errors import AuditInputError, ModelRejected
 from robustness.onnx_graph import ModelInfo, inspect, load_model_bytes, scores_graph
 from robustness.onnx_lowering import batchnorm_inference_mode, lower_ml_ops
-from robustness.spec import BackendKind
 
 PARITY_RTOL = 1e-4
 BATCH_CHECK_SAMPLES = 2  # samples scored one at a time against the batch at intake
