@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from robustness.spec import Norm
+from robustness.config import Norm
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from robustness.attacks.budget import search_info
-from robustness.spec import AuditSpec, Baseline
+from robustness.config import Baseline
+from robustness.spec import AuditSpec
 
 # Samples the degeneracy check re-scores under noise, once per engine call; defined here so
 # that robustness/degeneracy.py and this estimate count the same rows.

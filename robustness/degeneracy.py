@@ -13,18 +13,14 @@ Pure except :func:`noise_log_probs`, which runs the backend. Shapes: log_probs [
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
-
 import numpy as np
 import torch
 
 from robustness.attacks.divergence import normalized_log_probs
 from robustness.backends.base import ScoreBackend
+from robustness.config import LogitNormalization
 from robustness.cost import DEGENERACY_NOISE_SAMPLES
-from robustness.spec import LogitNormalization
+from robustness.results import Degeneracy, DegeneracyKind
 
 # log p of a float32 softmax over ~1000 classes carries rounding of about 1e-6; a model whose
 # log-probabilities move less than this across unrelated inputs and noise ignores its input.
@@ -32,29 +28,6 @@ CONSTANT_TOLERANCE = 1e-5
 # "Most samples": above half, the search's mean is mostly the random start's value.
 VANISHING_FRACTION = 0.5
 NOISE_SAMPLES = DEGENERACY_NOISE_SAMPLES
-
-
-class DegeneracyKind(StrEnum):
-    CONSTANT_OUTPUT = "constant_output"
-    VANISHING_GRADIENT = "vanishing_gradient"
-
-
-class Verdict(StrEnum):
-    """The result's top-level verdict: whether ψ measures robustness at all."""
-
-    MEASURED = "measured"
-    DEGENERATE = "degenerate"
-
-
-@dataclass(frozen=True)
-class Degeneracy:
-    """Why an audit's ψ cannot be read as robustness."""
-
-    kind: DegeneracyKind
-    reason: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"kind": self.kind.value, "reason": self.reason}
 
 
 def output_spread(log_probs: np.ndarray) -> float:
@@ -81,8 +54,8 @@ def detect(
     spread = output_spread(both)
     if spread <= CONSTANT_TOLERANCE:
         return Degeneracy(
-            DegeneracyKind.CONSTANT_OUTPUT,
-            f"the model's predicted probabilities do not depend on its input: across "
+            kind=DegeneracyKind.CONSTANT_OUTPUT,
+            reason=f"the model's predicted probabilities do not depend on its input: across "
             f"{len(data_log_probs)} samples and {len(noise_log_probs)} noisy copies, no "
             f"log-probability moved more than {spread:.1e}; ψ = 0 here means nothing",
         )
@@ -93,27 +66,21 @@ def vanishing(dead_gradient_fraction: float) -> Degeneracy | None:
     """Degenerate when the gradient is zero or not finite on most samples."""
     if dead_gradient_fraction <= VANISHING_FRACTION:
         return None
+    share = f"{dead_gradient_fraction:.0%}"
     return Degeneracy(
-        DegeneracyKind.VANISHING_GRADIENT,
-        f"the input gradient vanished (all zero or not finite) on {dead_gradient_fraction:.0%} "
+        kind=DegeneracyKind.VANISHING_GRADIENT,
+        reason=f"the input gradient vanished (all zero or not finite) on {share} "
         "of samples: the gradient search cannot move, so ψ is a random-start value, not a "
         "maximum",
     )
 
 
-def merged(
-    parts: list[Mapping[str, Any] | None], dead_gradient_fraction: float
-) -> Degeneracy | None:
+def merged(parts: list[Degeneracy | None], dead_gradient_fraction: float) -> Degeneracy | None:
     """The degeneracy of a sharded audit: constant only if every shard found it constant."""
-    if parts and all(p is not None and p["kind"] == DegeneracyKind.CONSTANT_OUTPUT for p in parts):
-        first = parts[0]
-        assert first is not None
-        return Degeneracy(DegeneracyKind.CONSTANT_OUTPUT, str(first["reason"]))
+    kinds = {p.kind if p is not None else None for p in parts}
+    if parts and kinds == {DegeneracyKind.CONSTANT_OUTPUT}:
+        return parts[0]
     return vanishing(dead_gradient_fraction)
-
-
-def verdict(degeneracy: Degeneracy | None) -> Verdict:
-    return Verdict.MEASURED if degeneracy is None else Verdict.DEGENERATE
 
 
 def noise_log_probs(

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from robustness.backends.base import ScoreBackend
-from robustness.spec import Norm
+from robustness.config import Norm
+from robustness.results import LandscapeResult
 
 
 @dataclass(frozen=True)
@@ -65,19 +66,20 @@ class Landscape:
         lines = cast(list[np.ndarray], contourpy.contour_generator(a, b, self.margin).lines(0.0))
         return [[(float(p[0]), float(p[1])) for p in line] for line in lines]
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "sample_index": self.sample_index,
-            "label": self.label,
-            "epsilon": self.epsilon,
-            "norm": self.norm.value,
-            "coords": list(self.coords),
-            "loss": self.loss.round(6).tolist(),
-            "margin": self.margin.round(6).tolist(),
-            "misclassified_fraction_inside_eps": self.misclassified_fraction_inside_eps,
-            "crosses_boundary_within_eps": self.crosses_boundary_within_eps,
-            "decision_boundary": self.decision_boundary(),
-        }
+    def to_result(self) -> LandscapeResult:
+        """The JSON-ready form stored with the audit (grids rounded to 6 decimals)."""
+        return LandscapeResult(
+            sample_index=self.sample_index,
+            label=self.label,
+            epsilon=self.epsilon,
+            norm=self.norm,
+            coords=list(self.coords),
+            loss=self.loss.round(6).tolist(),
+            margin=self.margin.round(6).tolist(),
+            misclassified_fraction_inside_eps=self.misclassified_fraction_inside_eps,
+            crosses_boundary_within_eps=self.crosses_boundary_within_eps,
+            decision_boundary=self.decision_boundary(),
+        )
 
 
 def _unit(d: torch.Tensor, norm: Norm) -> torch.Tensor:

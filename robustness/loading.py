@@ -14,12 +14,12 @@ import torch
 from robustness.backends.base import ScoreBackend
 from robustness.backends.ort_backend import OrtBackend
 from robustness.backends.torch_backend import CONVERTERS, TorchBackend, parity
+from robustness.config import BackendKind
 from robustness.errors import AuditInputError, ModelRejected
 from robustness.onnx_contrib import CONTRIB, contrib_ops, lower_contrib_ops
 from robustness.onnx_graph import ModelInfo, inspect, load_model_bytes, scores_graph
 from robustness.onnx_lowering import batchnorm_inference_mode, lower_ml_ops
 from robustness.onnx_precision import HALF_PARITY_RTOL, float32_copy, half_input_type
-from robustness.spec import BackendKind
 
 PARITY_RTOL = 1e-4
 BATCH_CHECK_SAMPLES = 2  # samples scored one at a time against the batch at intake

@@ -1,139 +1,120 @@
-"""JSON-ready views of the core's dataclasses (the `result` object of api-v1.md)."""
+"""Shard results merged into one audit result, and the JSON of a result (api-v1.md)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from robustness import degeneracy
-from robustness.spec import AuditResult, Convergence, DivergenceSummary
+from robustness.results import (
+    AuditResult,
+    Convergence,
+    Diagnostics,
+    EpsilonResult,
+    Manifest,
+    Timing,
+    verdict_of,
+)
+from robustness.stats import convergence, summarize
 
-DEAD_GRADIENT_KEYS = ("zero_gradient_fraction", "nonfinite_gradient_fraction")
-
-
-def divergence_dict(d: DivergenceSummary) -> dict[str, Any]:
-    return {"mean": d.mean, "median": d.median, "p90": d.p90, "max": d.max, "ci95": list(d.ci95)}
+Weighted = Callable[[Sequence[float | None]], float | None]
 
 
 def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> dict[str, Any]:
-    """The audit `result` object: per_epsilon, samples, diagnostics (manifest added by callers)."""
-    per_eps = []
-    for r in result.per_epsilon:
-        item: dict[str, Any] = {
-            "epsilon": r.epsilon,
-            "divergence": divergence_dict(r.divergence),
-            "clean_accuracy": r.clean_accuracy,
-            "fgsm_accuracy": r.fgsm_accuracy,
-            "pgd_accuracy": r.pgd_accuracy,
-        }
-        if r.convergence is not None:
-            item["convergence"] = convergence_dict(r.convergence)
-        if include_per_sample:
-            item["per_sample"] = list(r.per_sample)
-        per_eps.append(item)
-    diag = result.diagnostics
-    body: dict[str, Any] = {
-        "per_epsilon": per_eps,
-        "samples": result.samples,
-        "backend": result.backend.value,
-        "batch_size": result.batch_size,
-        "diagnostics": {
-            "gradient_masking_suspected": diag.gradient_masking_suspected,
-            "zero_gradient_fraction": diag.zero_gradient_fraction,
-            "nonfinite_gradient_fraction": diag.nonfinite_gradient_fraction,
-            "random_search_wins": diag.random_search_wins,
-            "parity_max_abs_diff": diag.parity_max_abs_diff,
-            "evidence": list(diag.evidence),
-            "degenerate": diag.degenerate.to_dict() if diag.degenerate else None,
-            "blackbox_note": diag.blackbox_note,
-        },
-        "verdict": degeneracy.verdict(diag.degenerate).value,
-        "landscapes": [landscape.to_dict() for landscape in result.landscapes],
-    }
-    if result.search is not None:
-        body["search"] = asdict(result.search)
-    return body
+    """The audit `result` object (robaudit/cli.py's name for AuditResult.to_json)."""
+    return result.to_json(include_per_sample=include_per_sample)
 
 
-def convergence_dict(c: Convergence) -> dict[str, Any]:
-    return asdict(c)
-
-
-def merged_convergence(column: list[dict[str, Any]], sizes: list[int], steps: int) -> Any:
-    """Convergence of merged shards: ψ means weighted by shard size, judged again."""
-    from robustness.stats import convergence
-
-    if any("convergence" not in c for c in column):
-        return None
-    total = sum(sizes)
-    mean = sum(c["convergence"]["psi_mean"] * n for c, n in zip(column, sizes, strict=True))
-    half = sum(c["convergence"]["psi_mean_half"] * n for c, n in zip(column, sizes, strict=True))
-    return convergence_dict(convergence(mean / total, half / total, steps))
-
-
-def merge_results(parts: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
-    """One `result` from the results of consecutive shards (in sample order).
+def merge_results(parts: Sequence[AuditResult], *, seed: int = 0) -> AuditResult:
+    """One result from the results of consecutive shards (in sample order).
 
     Per-sample divergences are concatenated and summarised again; accuracies and gradient
-    fractions are weighted by shard size; landscapes come from the shards that drew them.
+    fractions are weighted by shard size; landscapes come from the shards that drew them;
+    stage seconds add up; the manifest is the first shard's, with the shard count.
     """
-    import numpy as np
-
-    from robustness.stats import summarize
-
     if not parts:
         raise ValueError("no shard results to merge")
-    sizes = [p["samples"] for p in parts]
+    sizes = [p.samples for p in parts]
     total = sum(sizes)
 
-    def weighted(values: list[float | None]) -> float | None:
+    def weighted(values: Sequence[float | None]) -> float | None:
         if any(v is None for v in values):
             return None
-        return sum(v * n for v, n in zip(values, sizes, strict=True)) / total
+        return sum(v * n for v, n in zip(values, sizes, strict=True) if v is not None) / total
 
-    search = parts[0].get("search")
-    per_eps = []
-    for k, first in enumerate(parts[0]["per_epsilon"]):
-        column = [p["per_epsilon"][k] for p in parts]
-        psi = np.concatenate([np.asarray(c["per_sample"], dtype=np.float64) for c in column])
-        item = {
-            "epsilon": first["epsilon"],
-            "divergence": divergence_dict(summarize(psi, seed=seed)),
-            "clean_accuracy": weighted([c["clean_accuracy"] for c in column]),
-            "fgsm_accuracy": weighted([c["fgsm_accuracy"] for c in column]),
-            "pgd_accuracy": weighted([c["pgd_accuracy"] for c in column]),
-            "per_sample": psi.tolist(),
-        }
-        if search is not None and (merged := merged_convergence(column, sizes, search["steps"])):
-            item["convergence"] = merged
-        per_eps.append(item)
-    diags = [p["diagnostics"] for p in parts]
-    parities = [d["parity_max_abs_diff"] for d in diags if d["parity_max_abs_diff"] is not None]
+    steps = parts[0].search.steps if parts[0].search is not None else None
+    per_eps = tuple(
+        _merge_epsilon([p.per_epsilon[k] for p in parts], sizes, steps, weighted, seed)
+        for k in range(len(parts[0].per_epsilon))
+    )
+    diagnostics = _merge_diagnostics([p.diagnostics for p in parts], weighted)
+    stages: dict[str, float] = {}
+    for part in parts:
+        for stage, seconds in part.stage_seconds.items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+    first = parts[0].manifest or Manifest()
+    return AuditResult(
+        per_epsilon=per_eps,
+        samples=total,
+        backend=parts[0].backend,
+        batch_size=max(p.batch_size for p in parts),
+        diagnostics=diagnostics,
+        verdict=verdict_of(diagnostics.degenerate),
+        landscapes=tuple(ls for p in parts for ls in p.landscapes),
+        search=parts[0].search,
+        manifest=first.model_copy(update={"shards": len(parts)}),
+        timing=Timing(stages=stages),
+    )
+
+
+def _merge_epsilon(
+    column: list[EpsilonResult],
+    sizes: list[int],
+    steps: int | None,
+    weighted: Weighted,
+    seed: int,
+) -> EpsilonResult:
+    """One ε across shards: ψ summarised again over all samples, accuracies weighted."""
+    psi = np.concatenate([np.asarray(c.per_sample or (), dtype=np.float64) for c in column])
+    return EpsilonResult(
+        epsilon=column[0].epsilon,
+        divergence=summarize(psi, seed=seed),
+        clean_accuracy=weighted([c.clean_accuracy for c in column]),
+        fgsm_accuracy=weighted([c.fgsm_accuracy for c in column]),
+        pgd_accuracy=weighted([c.pgd_accuracy for c in column]),
+        per_sample=tuple(psi.tolist()),
+        convergence=_merged_convergence(column, sizes, steps),
+    )
+
+
+def _merged_convergence(
+    column: list[EpsilonResult], sizes: list[int], steps: int | None
+) -> Convergence | None:
+    """Convergence of merged shards: ψ means weighted by shard size, judged again."""
+    found = [c.convergence for c in column]
+    if steps is None or any(c is None for c in found):
+        return None
+    total = sum(sizes)
+    mean = sum(c.psi_mean * n for c, n in zip(found, sizes, strict=True) if c is not None)
+    half = sum(c.psi_mean_half * n for c, n in zip(found, sizes, strict=True) if c is not None)
+    return convergence(mean / total, half / total, steps)
+
+
+def _merge_diagnostics(diags: list[Diagnostics], weighted: Weighted) -> Diagnostics:
+    parities = [d.parity_max_abs_diff for d in diags if d.parity_max_abs_diff is not None]
+    zero = weighted([d.zero_gradient_fraction for d in diags]) or 0.0
+    nonfinite = weighted([d.nonfinite_gradient_fraction for d in diags]) or 0.0
     # An all-zero and a non-finite gradient never coincide, so the fractions add up.
-    dead = sum(weighted([d[k] for d in diags]) or 0.0 for k in DEAD_GRADIENT_KEYS)
-    degenerate = degeneracy.merged([d.get("degenerate") for d in diags], dead)
-    merged_result: dict[str, Any] = {
-        "per_epsilon": per_eps,
-        "samples": total,
-        "backend": parts[0]["backend"],
-        "batch_size": max(p.get("batch_size", 0) for p in parts),
-        "diagnostics": {
-            "gradient_masking_suspected": any(d["gradient_masking_suspected"] for d in diags),
-            "zero_gradient_fraction": weighted([d["zero_gradient_fraction"] for d in diags]),
-            "nonfinite_gradient_fraction": weighted(
-                [d["nonfinite_gradient_fraction"] for d in diags]
-            ),
-            "random_search_wins": sum(d["random_search_wins"] for d in diags),
-            "parity_max_abs_diff": max(parities) if parities else None,
-            "evidence": [e for d in diags for e in d.get("evidence", [])][:10],
-            "degenerate": degenerate.to_dict() if degenerate else None,
-            "blackbox_note": next(
-                (d["blackbox_note"] for d in diags if d.get("blackbox_note")), None
-            ),
-        },
-        "verdict": degeneracy.verdict(degenerate).value,
-        "landscapes": [ls for p in parts for ls in p.get("landscapes", [])],
-    }
-    if search is not None:
-        merged_result["search"] = search
-    return merged_result
+    degenerate = degeneracy.merged([d.degenerate for d in diags], zero + nonfinite)
+    return Diagnostics(
+        gradient_masking_suspected=any(d.gradient_masking_suspected for d in diags),
+        zero_gradient_fraction=zero,
+        nonfinite_gradient_fraction=nonfinite,
+        random_search_wins=sum(d.random_search_wins for d in diags),
+        parity_max_abs_diff=max(parities) if parities else None,
+        evidence=tuple(e for d in diags for e in d.evidence)[:10],
+        degenerate=degenerate,
+        blackbox_note=next((d.blackbox_note for d in diags if d.blackbox_note), None),
+    )

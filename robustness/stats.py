@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from robustness.spec import Convergence, DivergenceSummary
+from robustness.results import Convergence, DivergenceSummary
 
 # Resampled values held at once by the bootstrap: 2^20 (4 MiB of indices, 8 MiB of values).
 # Measured at 100k samples (benchmarks/bench_bootstrap.py): larger batches are slower, not

@@ -14,6 +14,22 @@ from service import errors, ratelimit, telemetry
 from service.api import audits, compare, datasets, models, ops
 from service.db import db
 
+DESCRIPTION = """\
+robaudit measures the adversarial robustness of ONNX classifiers.
+
+Upload a model (`POST /v1/models`) and a labelled dataset (`POST /v1/datasets`), then queue
+an audit (`POST /v1/audits`). For each ε in the audit's config, a worker searches the ε-ball
+around every sample for the input that moves the model's prediction furthest, and reports
+that divergence (KL between the predictions; Yu et al., IJCAI 2019): **lower means more
+robust**. Clean, FGSM and PGD accuracy are reported beside it, with diagnostics that say
+when the search cannot be trusted (gradient masking, a degenerate model).
+
+Follow an audit with `GET /v1/audits/{id}`; read its report at `…/report`; gate a release
+with `GET /v1/compare`, which says `regressed` only when the divergence rose beyond noise.
+
+Every `/v1` route needs an API key: `Authorization: Bearer <key>`. Errors are
+`application/problem+json` whose `detail` says what to fix.
+"""
 SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description": "API key"}}
 
 
@@ -25,10 +41,13 @@ def create_app(config: dict[str, Any] | None = None) -> OpenAPI:
     settings.ensure_dirs()
     app = OpenAPI(
         __name__,
-        info=Info(title="robaudit", version="1", description=__doc__ or ""),
+        info=Info(title="robaudit", version="1", description=DESCRIPTION),
         security_schemes=SECURITY_SCHEMES,  # type: ignore[arg-type]
         validation_error_callback=errors.validation_problem,
         doc_prefix="/docs",
+        # Every JSON answer is checked against its route's declared model: drift is a 500
+        # (and a failing test), never a silent change of the contract.
+        validate_response=True,
     )
     app.config.update(
         ROBAUDIT_SETTINGS=settings,
@@ -42,8 +61,7 @@ def create_app(config: dict[str, Any] | None = None) -> OpenAPI:
     app.extensions["robaudit.store"] = ArtifactStore(settings.artifact_dir)
     app.extensions["robaudit.celery"] = make_celery(settings, name="robaudit-api")
     errors.register(app)
-    app.register_blueprint(ops.bp)
-    for module in (models, datasets, audits, compare):
+    for module in (ops, models, datasets, audits, compare):
         app.register_api(module.bp)
     ratelimit.init_app(app, settings, exempt=(ops.bp,))
     return app

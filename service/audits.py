@@ -15,14 +15,16 @@ from sqlalchemy.orm import Session
 from infra.config import Settings
 from infra.dispatch import settle
 from infra.persistence.models import TERMINAL, Audit, AuditStatus, Model, utcnow
+from robustness.config import AuditConfig
 from robustness.cost import estimate_cost
 from robustness.datasets import DatasetFacts, check_fit
+from robustness.results import AuditResult, LandscapeResult
 from robustness.spec import spec_from_config
 from service import limits
 from service.catalog import get_dataset, get_model
 from service.errors import NotFound, Problem
 from service.pagination import paginate
-from service.schemas import AuditConfig
+from service.schemas import AuditOut, CostOut, Passes, Progress
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -166,13 +168,13 @@ def cancel_audit(*, session: Session, tenant_id: str, audit_id: str) -> Audit:
     return audit
 
 
-def estimate(audit: Audit) -> dict[str, int]:
+def estimate(audit: Audit) -> Passes:
     """Forward/backward passes the audit will spend (before it runs)."""
     spec = spec_from_config(audit.config, audit.model.input_range)
-    return estimate_cost(spec, audit.dataset.n).to_dict()
+    return Passes.model_validate(estimate_cost(spec, audit.dataset.n).to_dict())
 
 
-def estimate_with_seconds(*, session: Session, settings: Settings, audit: Audit) -> dict[str, Any]:
+def estimate_with_seconds(*, session: Session, settings: Settings, audit: Audit) -> CostOut:
     """The passes, with the seconds one worker is expected to spend on them and their basis."""
     budget = limits.budget_of(
         session,
@@ -182,19 +184,23 @@ def estimate_with_seconds(*, session: Session, settings: Settings, audit: Audit)
         config=audit.config,
         n=audit.dataset.n,
     )
-    return {**estimate(audit), **budget.to_dict()}
+    return CostOut.model_validate({**estimate(audit).model_dump(), **budget.to_dict()})
 
 
-def get_landscape(*, session: Session, tenant_id: str, audit_id: str, k: int) -> dict[str, Any]:
+def stored_result(row: Audit) -> AuditResult | None:
+    """The audit's stored result, typed (rows older than a field get its default)."""
+    return AuditResult.model_validate(row.result) if row.result is not None else None
+
+
+def get_landscape(*, session: Session, tenant_id: str, audit_id: str, k: int) -> LandscapeResult:
     """The k-th landscape of a succeeded audit (grids, and the sha256 of its picture)."""
     audit = get_audit(session=session, tenant_id=tenant_id, audit_id=audit_id)
-    if audit.status != AuditStatus.SUCCEEDED.value or audit.result is None:
+    result = stored_result(audit)
+    if audit.status != AuditStatus.SUCCEEDED.value or result is None:
         raise Problem(409, "Conflict", f"the audit is {audit.status}; landscapes come with success")
-    landscapes = audit.result.get("landscapes", [])
-    if not 0 <= k < len(landscapes):
+    if not 0 <= k < len(result.landscapes):
         raise NotFound("landscape", f"{audit_id}/{k}")
-    landscape: dict[str, Any] = landscapes[k]
-    return landscape
+    return result.landscapes[k]
 
 
 def eta_seconds(row: Audit) -> float | None:
@@ -210,23 +216,23 @@ def eta_seconds(row: Audit) -> float | None:
     return round(left, 1)
 
 
-def audit_json(row: Audit) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "model_id": row.model_id,
-        "dataset_id": row.dataset_id,
-        "config": row.config,
-        "status": row.status,
-        "progress": {
-            "done": row.progress_done,
-            "total": row.progress_total,
-            "stage": row.stage,
-            "eta_seconds": eta_seconds(row),
-        },
-        "created_at": row.created_at.isoformat(),
-        "started_at": row.started_at.isoformat() if row.started_at else None,
-        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
-        "backend": row.backend,
-        "error": row.error,
-        "result": row.result,
-    }
+def audit_out(row: Audit) -> AuditOut:
+    return AuditOut(
+        id=row.id,
+        model_id=row.model_id,
+        dataset_id=row.dataset_id,
+        config=AuditConfig.from_stored(row.config),
+        status=row.status,  # an AuditStatus value, validated
+        progress=Progress(
+            done=row.progress_done,
+            total=row.progress_total,
+            stage=row.stage,
+            eta_seconds=eta_seconds(row),
+        ),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        backend=row.backend,
+        error=row.error,
+        result=stored_result(row),
+    )

@@ -9,75 +9,89 @@ from typing import Any
 import jinja2
 from sqlalchemy.orm import Session
 
-from infra.persistence.models import AuditStatus
+from infra.persistence.models import Audit, AuditStatus
 from infra.storage import ArtifactStore
 from robustness.compare import compare
-from service.audits import audit_json, estimate, get_audit
+from robustness.config import AuditConfig
+from robustness.results import AuditResult
+from service.audits import audit_out, estimate, get_audit, stored_result
 from service.catalog import dataset_json, model_json
 from service.errors import Problem
+from service.schemas import (
+    AuditVerdict,
+    CompareItem,
+    CompareOut,
+    DatasetOut,
+    ModelOut,
+    ModelRef,
+    ReportOut,
+)
 
 MAX_COMPARE = 20
 
 
-def report_data(*, session: Session, tenant_id: str, audit_id: str) -> dict[str, Any]:
+def report_data(*, session: Session, tenant_id: str, audit_id: str) -> ReportOut:
     """The audit with its model, dataset and cost: everything a report shows."""
     audit = get_audit(session=session, tenant_id=tenant_id, audit_id=audit_id)
-    return {
-        "audit": audit_json(audit),
-        "model": model_json(audit.model),
-        "dataset": dataset_json(audit.dataset),
-        "estimate": estimate(audit),
-    }
+    return ReportOut(
+        audit=audit_out(audit),
+        model=ModelOut.model_validate(model_json(audit.model)),
+        dataset=DatasetOut.model_validate(dataset_json(audit.dataset)),
+        estimate=estimate(audit),
+    )
 
 
 def compare_audits(
     *, session: Session, tenant_id: str, audit_ids: list[str], max_increase: float
-) -> dict[str, Any]:
+) -> CompareOut:
     """The audits side by side, and each one's verdict against the first as the baseline."""
     if not 2 <= len(audit_ids) <= MAX_COMPARE:
         raise Problem(
             400, "Bad Request", f"name 2 to {MAX_COMPARE} audits: ?audits=BASELINE,ID,..."
         )
     audits = [get_audit(session=session, tenant_id=tenant_id, audit_id=i) for i in audit_ids]
+    results = []
     for audit in audits:
-        if audit.status != AuditStatus.SUCCEEDED.value or audit.result is None:
+        result = stored_result(audit)
+        if audit.status != AuditStatus.SUCCEEDED.value or result is None:
             raise Problem(
                 409,
                 "Conflict",
                 f"audit {audit.id} is {audit.status}; only succeeded audits compare",
             )
-    baseline = audits[0]
-    items = [
-        {
-            "id": a.id,
-            "model": {"id": a.model_id, "name": a.model.name, "version": a.model.version},
-            "dataset_id": a.dataset_id,
-            "created_at": a.created_at.isoformat(),
-            "config": a.config,
-            "per_epsilon": [
-                {k: v for k, v in e.items() if k != "per_sample"}
-                for e in (a.result or {})["per_epsilon"]
-            ],
-        }
-        for a in audits
-    ]
-    verdicts = []
-    for audit in audits[1:]:
-        outcome = compare(
-            baseline.result or {},
-            audit.result or {},
-            max_increase=max_increase,
-            baseline_config=baseline.config,
-            candidate_config=audit.config,
-        )
-        same_data = audit.dataset_id == baseline.dataset_id
-        verdicts.append({"audit_id": audit.id, "same_dataset": same_data, **outcome.to_dict()})
-    return {
-        "baseline": baseline.id,
-        "max_increase": max_increase,
-        "items": items,
-        "verdicts": verdicts,
-    }
+        results.append((audit, AuditConfig.from_stored(audit.config), result))
+    baseline, base_config, base_result = results[0]
+    return CompareOut(
+        baseline=baseline.id,
+        max_increase=max_increase,
+        items=[_compare_item(a, config, result) for a, config, result in results],
+        verdicts=[
+            AuditVerdict(
+                audit_id=audit.id,
+                same_dataset=audit.dataset_id == baseline.dataset_id,
+                **compare(
+                    base_result,
+                    result,
+                    max_increase=max_increase,
+                    baseline_config=base_config,
+                    candidate_config=config,
+                ).model_dump(),
+            )
+            for audit, config, result in results[1:]
+        ],
+    )
+
+
+def _compare_item(audit: Audit, config: AuditConfig, result: AuditResult) -> CompareItem:
+    """One audit of a comparison, without its per-sample values."""
+    return CompareItem(
+        id=audit.id,
+        model=ModelRef(id=audit.model_id, name=audit.model.name, version=audit.model.version),
+        dataset_id=audit.dataset_id,
+        created_at=audit.created_at,
+        config=config,
+        per_epsilon=[e.model_copy(update={"per_sample": None}) for e in result.per_epsilon],
+    )
 
 
 def report_html(data: dict[str, Any], store: ArtifactStore) -> str:

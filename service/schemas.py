@@ -1,13 +1,23 @@
-"""Request and response schemas (pydantic v2); flask-openapi3 builds /openapi.json from them."""
+"""Request and response schemas (pydantic v2); flask-openapi3 builds /openapi.json from them.
+
+The audit `config` is robustness.config.AuditConfig and the audit `result` is
+robustness.results.AuditResult: defined once in the core, used here as they are. Response
+models refuse unknown fields, and the app validates every JSON response against them, so a
+response that drifts from its schema fails (a 500 in tests) instead of reaching clients.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from flask_openapi3 import FileStorage
-from pydantic import AwareDatetime, ConfigDict, Field, PositiveFloat, field_validator
+from pydantic import AwareDatetime, ConfigDict, Field, PlainSerializer, field_validator
 from pydantic import BaseModel as _PydanticModel
+
+from robustness.compare import Comparison
+from robustness.config import AuditConfig
+from robustness.results import AuditResult, BackendState, EpsilonResult
 
 
 class BaseModel(_PydanticModel):
@@ -64,40 +74,16 @@ class DatasetForm(_Form):
     name: str | None = Field(None, max_length=200)
 
 
-class LandscapeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    samples: int = Field(4, ge=0, le=64)
-    resolution: int = Field(21, ge=3, le=101)
-    span: float = Field(2.0, gt=0, le=10)
-
-
-class AuditConfig(BaseModel):
-    """The audit settings of api-v1.md, with their defaults."""
-
-    model_config = ConfigDict(extra="forbid")
-    norm: Literal["linf", "l2"] = "linf"
-    search: Literal["apgd-kl", "pgd-kl"] = Field(
-        "apgd-kl", description="apgd-kl: APGD on the KL (default); pgd-kl: the plain PGD of before"
-    )
-    epsilons: list[PositiveFloat] = Field(
-        default_factory=lambda: [0.03], min_length=1, max_length=16
-    )
-    steps: int = Field(20, ge=1, le=1000)
-    step_size: PositiveFloat | None = None
-    restarts: int = Field(1, ge=1, le=20)
-    logit_normalization: Literal["l2", "none"] = "l2"
-    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
-    max_samples: int = Field(1000, ge=1, le=100_000)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    baselines: list[Literal["clean", "fgsm", "pgd"]] = ["clean", "fgsm", "pgd"]
-    landscape: LandscapeConfig = LandscapeConfig()
+AuditState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
 
 class AuditCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model_id: str
     dataset_id: str
-    config: AuditConfig = AuditConfig()
+    config: AuditConfig = Field(
+        default_factory=AuditConfig, description="What to measure; every field has a default"
+    )
     force: bool = Field(False, description="Run again even if an identical audit succeeded")
 
 
@@ -117,9 +103,7 @@ class ModelListQuery(ListQuery):
 class AuditListQuery(ListQuery):
     model_id: str | None = None
     model_name: str | None = None
-    status: (
-        Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"] | None
-    ) = None
+    status: AuditState | None = None
     created_after: AwareDatetime | None = Field(None, description="With a timezone: …Z or +00:00")
     created_before: AwareDatetime | None = Field(None, description="With a timezone")
 
@@ -146,79 +130,96 @@ class LandscapePath(BaseModel):
     k: int = Field(ge=0)
 
 
-class TensorSpec(BaseModel):
+class Out(_PydanticModel):
+    """Every response: exactly its declared fields (an extra one fails validation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# Written as datetime.isoformat() ("…+00:00"), as the API always has.
+Timestamp = Annotated[datetime, PlainSerializer(lambda d: d.isoformat(), return_type=str)]
+
+
+class TensorSpec(Out):
     name: str
-    shape: list[int | str | None]
+    shape: list[int | str | None] = Field(description="Dimensions; a name or null is dynamic")
     dtype: str
 
 
-class OutputSpec(BaseModel):
+class OutputSpec(Out):
     name: str
     num_classes: int | None
     kind: Literal["logits", "probabilities"]
 
 
-class BackendState(BaseModel):
-    ok: bool | None
-    parity_max_abs_diff: float | None = None
-    reason: str | None = None
+class ModelOut(Out):
+    """An uploaded classifier, its intake report and which backends can run it."""
 
-
-class ModelOut(BaseModel):
     id: str
     name: str
     version: str | None
     sha256: str
     size_bytes: int
     opset: int
-    input_range: list[float]
+    input_range: list[float] = Field(description="Declared input bounds [lo, hi]")
     input: TensorSpec
     output: OutputSpec
-    backends: dict[str, BackendState]
+    backends: dict[str, BackendState] = Field(description="torch and onnxruntime status")
     class_names: list[str] | None
-    created_at: datetime
+    notes: list[str] = Field(description="What intake changed or noticed (e.g. Softmax stripped)")
+    created_at: Timestamp
 
 
-class DatasetOut(BaseModel):
+class DatasetOut(Out):
+    """An uploaded evaluation set."""
+
     id: str
     name: str
     sha256: str
     size_bytes: int
-    n: int
-    shape: list[int]
+    n: int = Field(description="Number of samples")
+    shape: list[int] = Field(description="Shape of one sample")
     dtype: str
     num_classes: int
-    value_range: list[float]
-    created_at: datetime
+    value_range: list[float] = Field(description="Smallest and largest value in x")
+    created_at: Timestamp
 
 
-class Progress(BaseModel):
-    done: int
+class Progress(Out):
+    done: int = Field(description="Units done: one per sample for the clean pass, and per ε")
     total: int
     stage: str | None
+    eta_seconds: float | None = Field(description="Seconds left at the pace so far")
 
 
-class AuditOut(BaseModel):
+class AuditOut(Out):
+    """An audit: its config, status and progress, and its result once it succeeded."""
+
     id: str
     model_id: str
     dataset_id: str
-    config: dict[str, Any]
-    status: str
+    config: AuditConfig
+    status: AuditState
     progress: Progress
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    backend: str | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    backend: str | None = Field(description="The backend that ran: torch or onnxruntime")
     error: str | None
-    result: dict[str, Any] | None
+    result: AuditResult | None
 
 
-class CostOut(BaseModel):
+class Passes(Out):
+    """An audit's cost in forward and backward passes, counted before it runs."""
+
     samples: int
     forward_passes: int
     backward_passes: int
     forward_passes_per_sample: int
     backward_passes_per_sample: int
+
+
+class CostOut(Passes):
     expected_seconds: float = Field(
         description="Engine seconds of one worker: the passes over passes_per_second"
     )
@@ -231,30 +232,88 @@ class CostOut(BaseModel):
     )
 
 
-class AuditCreated(BaseModel):
+class AuditLinks(Out):
+    self: str
+    report: str
+
+
+class AuditCreated(Out):
+    """A queued audit (202), or the existing one an idempotent replay or a match found (200)."""
+
     id: str
-    status: str
-    links: dict[str, str]
+    status: AuditState
+    links: AuditLinks
     estimate: CostOut
-    dispatched: bool
+    dispatched: bool = Field(
+        description="False: the broker was unreachable; the audit is kept and a worker sends it"
+    )
 
 
-class ModelPage(BaseModel):
+class ModelPage(Out):
     items: list[ModelOut]
     next_cursor: str | None
 
 
-class DatasetPage(BaseModel):
+class DatasetPage(Out):
     items: list[DatasetOut]
     next_cursor: str | None
 
 
-class AuditPage(BaseModel):
+class AuditPage(Out):
     items: list[AuditOut]
     next_cursor: str | None
 
 
-class ProblemOut(BaseModel):
+class ReportOut(Out):
+    """Everything a report shows: the audit with its model, dataset and cost."""
+
+    audit: AuditOut
+    model: ModelOut
+    dataset: DatasetOut
+    estimate: Passes
+
+
+class ModelRef(Out):
+    id: str
+    name: str
+    version: str | None
+
+
+class CompareItem(Out):
+    """One audit of a comparison, its per-ε results without the per-sample values."""
+
+    id: str
+    model: ModelRef
+    dataset_id: str
+    created_at: Timestamp
+    config: AuditConfig
+    per_epsilon: list[EpsilonResult]
+
+
+class AuditVerdict(Comparison):
+    """One audit's verdict against the baseline."""
+
+    audit_id: str
+    same_dataset: bool
+
+
+class CompareOut(Out):
+    baseline: str = Field(description="The first audit's id")
+    max_increase: float
+    items: list[CompareItem]
+    verdicts: list[AuditVerdict] = Field(description="One per audit after the baseline")
+
+
+class Health(Out):
+    status: Literal["ok"]
+
+
+class Readiness(Out):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str] = Field(description="database and broker: ok, or why not")
+
+
+class ProblemOut(Out):
     type: str
     title: str
     status: int

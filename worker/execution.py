@@ -28,6 +28,7 @@ from infra.persistence.models import Audit, AuditShard, AuditStatus, ShardStatus
 from infra.storage import ArtifactStore
 from robustness.errors import AuditInputError, DatasetRejected, ModelRejected
 from robustness.report import merge_results
+from robustness.results import AuditResult, Manifest
 from worker import leases, render, runner, sandboxed
 from worker.threads import torch_threads
 
@@ -91,27 +92,19 @@ def aggregate(session: Session, audit_id: str) -> dict[str, Any]:
     shards = session.scalars(
         select(AuditShard).where(AuditShard.audit_id == audit_id).order_by(AuditShard.position)
     ).all()
-    parts = [s.result or {} for s in shards]
+    parts = [AuditResult.model_validate(s.result or {}) for s in shards]
     merged = merge_results(parts, seed=int(audit.config["seed"]))
-    first = parts[0]["manifest_part"]
-    merged["manifest"] = {
-        "model_sha256": audit.model.sha256,
-        "dataset_sha256": audit.dataset.sha256,
-        "config_hash": audit.config_hash,
-        "versions": versions(),
-        "device": first["device"],
-        "backend": merged["backend"],
-        "backends": first["backends"],
-        "notes": first["notes"],
-        "input_range": audit.model.input_range,
-        "shards": len(parts),
-    }
-    stages: dict[str, float] = {}
-    for part in parts:
-        for stage, seconds in part.get("stage_seconds", {}).items():
-            stages[stage] = stages.get(stage, 0.0) + seconds
-    merged["timing"] = {"stages": stages}
-    return merged
+    manifest = (merged.manifest or Manifest()).model_copy(
+        update={
+            "model_sha256": audit.model.sha256,
+            "dataset_sha256": audit.dataset.sha256,
+            "config_hash": audit.config_hash,
+            "versions": versions(),
+            "backend": merged.backend.value,
+            "input_range": audit.model.input_range,
+        }
+    )
+    return merged.model_copy(update={"manifest": manifest}).to_json()
 
 
 def finalise(session: Session, audit_id: str) -> bool:

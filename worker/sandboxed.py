@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from robustness import engine, loading
+from robustness.config import AuditConfig
 from robustness.datasets import load_npz
-from robustness.report import result_to_dict
-from robustness.spec import BackendKind, spec_from_config
+from robustness.results import BackendState, Manifest
+from robustness.spec import spec_from_config
 from worker.model_cache import MODELS
 
 PROBE_SAMPLES = 32
@@ -44,7 +45,8 @@ def run_shard(payload: dict[str, Any], emit: Emit) -> dict[str, Any]:
     _use_threads(payload)
     dev = torch.device(payload["device"]) if payload.get("device") else device()
     start, stop = int(payload["start"]), int(payload["stop"])
-    spec = spec_from_config(payload["config"], payload["input_range"])
+    config = AuditConfig.from_stored(payload["config"])
+    spec = spec_from_config(config, payload["input_range"])
     if payload["position"] != 0:
         spec = replace(spec, landscape_samples=0)  # the first shard draws the surfaces
     x, y = load_npz(Path(payload["dataset_path"]), max_member_bytes=payload["max_member_bytes"])
@@ -55,7 +57,7 @@ def run_shard(payload: dict[str, Any], emit: Emit) -> dict[str, Any]:
         model_path.read_bytes,
         x[:PROBE_SAMPLES],
         output=payload["output"],
-        backend=BackendKind(payload["config"]["backend"]),
+        backend=config.backend,
         device=dev,
         seed=spec.seed,
         fd_directions=spec.fd_directions,
@@ -75,14 +77,13 @@ def run_shard(payload: dict[str, Any], emit: Emit) -> dict[str, Any]:
         progress=progress,
         sample_offset=start,
     )
-    body = result_to_dict(result)
-    body["stage_seconds"] = result.stage_seconds
-    body["manifest_part"] = {
-        "device": str(dev),
-        "backends": loaded.statuses_dict(),
-        "notes": list(loaded.notes),
-    }
-    return body
+    manifest = Manifest(
+        device=str(dev),
+        backend=result.backend.value,
+        backends={k: BackendState.model_validate(v) for k, v in loaded.statuses_dict().items()},
+        notes=list(loaded.notes),
+    )
+    return result.model_copy(update={"manifest": manifest}).to_json()
 
 
 def inspect_model(payload: dict[str, Any], _emit: Emit) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from robustness.attacks.budget import APGD_KL
 from robustness.attacks.divergence import DivergenceOutcome, normalized_log_probs, random_probe
 from robustness.backends.base import ScoreBackend
 from robustness.ball import project, random_start, unit_step
-from robustness.spec import LogitNormalization, Norm
+from robustness.config import LogitNormalization, Norm
 
 MOMENTUM = 0.75
 RHO = 0.75  # fraction of rising steps below which a checkpoint halves the step

@@ -10,7 +10,9 @@ local maximum toward each class, and a longer ascent does not leave the one it i
 
 from __future__ import annotations
 
-from robustness.spec import AuditSpec, SearchAlgorithm, SearchInfo
+from robustness.config import SearchAlgorithm
+from robustness.results import SearchInfo
+from robustness.spec import AuditSpec
 
 APGD_KL = "apgd-kl/1"
 PGD_KL = "pgd-kl/1"

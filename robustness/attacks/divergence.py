@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from robustness.attacks.budget import PGD_KL
 from robustness.backends.base import ScoreBackend
 from robustness.ball import ascend, project, random_corner, random_start
-from robustness.spec import LogitNormalization, Norm
+from robustness.config import LogitNormalization, Norm
 
 
 def normalized_log_probs(z: torch.Tensor, mode: LogitNormalization) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from robustness.backends.base import ScoreBackend
 from robustness.ball import ascend, project
-from robustness.spec import Norm
+from robustness.config import Norm
 
 
 class FGSM:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from robustness.backends.base import ScoreBackend
 from robustness.ball import ascend, project, random_start
-from robustness.spec import Norm
+from robustness.config import Norm
 
 
 class PGD:

@@ -10,7 +10,8 @@ from robustness.attacks.apgd_divergence import APGDDivergence
 from robustness.attacks.budget import search_info
 from robustness.attacks.divergence import DivergenceOutcome, DivergenceSearch
 from robustness.backends.base import ScoreBackend
-from robustness.spec import AuditSpec, SearchAlgorithm
+from robustness.config import SearchAlgorithm
+from robustness.spec import AuditSpec
 
 
 class Search(Protocol):

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import torch
 
-from robustness.spec import BackendKind
+from robustness.config import BackendKind
 
 
 class ScoreBackend(Protocol):

@@ -22,7 +22,7 @@ import onnx
 import torch
 
 from robustness.backends.base import to_scores
-from robustness.spec import BackendKind, Norm
+from robustness.config import BackendKind, Norm
 
 MAX_PERTURBED = 1 << 26
 # ψ of the default search on random-direction gradients over ψ on autograd's, measured on

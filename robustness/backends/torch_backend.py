@@ -21,8 +21,8 @@ import onnx
 import torch
 
 from robustness.backends.base import to_scores
+from robustness.config import BackendKind
 from robustness.errors import ModelRejected
-from robustness.spec import BackendKind
 
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:

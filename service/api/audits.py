@@ -1,31 +1,61 @@
-"""/v1/audits"""
+"""/v1/audits: queue audits, follow them, read their results, reports and landscapes."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import Response, current_app, send_file, url_for
 
 from infra.dispatch import send_audit
+from robustness.results import LandscapeResult
 from service import audits, reports
 from service.api.common import blueprint, json_response, settings, store
 from service.auth import tenant_id
 from service.db import db
+from service.errors import NotFound
 from service.schemas import (
     AuditCreate,
     AuditCreated,
+    AuditLinks,
     AuditListQuery,
     AuditOut,
     AuditPage,
     AuditPath,
     IdempotencyHeader,
     LandscapePath,
+    ReportOut,
 )
 
-bp = blueprint("audits", "/v1/audits")
+bp = blueprint(
+    "audits",
+    "/v1/audits",
+    "An audit measures how far a model's predictions can be moved inside an ε-ball "
+    "around each sample of a dataset (lower divergence is more robust).",
+)
+PNG: dict[str, Any] = {
+    "description": "PNG picture",
+    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+}
+HTML: dict[str, Any] = {"description": "HTML page", "content": {"text/html": {}}}
 
 
-@bp.post("", responses={202: AuditCreated, 200: AuditCreated, 429: None})
+@bp.post(
+    "",
+    responses={
+        202: AuditCreated,
+        200: AuditCreated,
+        429: {"description": "Over a tenant quota; retry after Retry-After seconds"},
+    },
+    description=(
+        "Answers 202 with the audit's id, links and a cost estimate; the audit runs on a "
+        "worker.\n\n"
+        "An identical model, dataset and config that already succeeded is answered with 200 and "
+        "that audit, unless `force` is true.\n\n"
+        "A repeated `Idempotency-Key` returns the audit it created the first time."
+    ),
+)
 def create_audit(body: AuditCreate, header: IdempotencyHeader) -> Response:
-    """Queue an audit; commit first, then enqueue by task name."""
+    """Queue an audit of a model on a dataset."""
     session = db.session
     row, created = audits.create_audit(
         session=session,
@@ -37,28 +67,31 @@ def create_audit(body: AuditCreate, header: IdempotencyHeader) -> Response:
         force=body.force,
         idempotency_key=header.idempotency_key,
     )
-    session.commit()
+    session.commit()  # before enqueueing, so a fast worker finds the row
     dispatched = row.dispatched_at is not None or row.status != "queued"
     if created:
         dispatched = send_audit(current_app.extensions["robaudit.celery"], session, row.id)
-    links = {
-        "self": url_for("audits.get_audit", audit_id=row.id),
-        "report": url_for("audits.get_audit", audit_id=row.id) + "/report",
-    }
-    created_body = {
-        "id": row.id,
-        "status": row.status,
-        "links": links,
-        "estimate": audits.estimate_with_seconds(session=session, settings=settings(), audit=row),
-        # False: the broker was unreachable; the audit is kept and a worker will send it.
-        "dispatched": dispatched,
-    }
+    link = url_for("audits.get_audit", audit_id=row.id)
+    created_body = AuditCreated(
+        id=row.id,
+        status=row.status,  # an AuditStatus value, validated
+        links=AuditLinks(self=link, report=link + "/report"),
+        estimate=audits.estimate_with_seconds(session=session, settings=settings(), audit=row),
+        dispatched=dispatched,
+    )
     return json_response(created_body, 202 if created else 200)
 
 
-@bp.get("", responses={200: AuditPage})
+@bp.get(
+    "",
+    responses={200: AuditPage},
+    description=(
+        "Filter by model, model name, status or creation time; follow `next_cursor` for the "
+        "next page."
+    ),
+)
 def list_audits(query: AuditListQuery) -> Response:
-    """The audit history, newest first, with filters."""
+    """List audits, newest first."""
     rows, cursor = audits.list_audits(
         session=db.session,
         tenant_id=tenant_id(),
@@ -70,52 +103,87 @@ def list_audits(query: AuditListQuery) -> Response:
         created_after=query.created_after,
         created_before=query.created_before,
     )
-    return json_response({"items": [audits.audit_json(r) for r in rows], "next_cursor": cursor})
+    return json_response(AuditPage(items=[audits.audit_out(r) for r in rows], next_cursor=cursor))
 
 
-@bp.get("/<audit_id>", responses={200: AuditOut})
+@bp.get(
+    "/<audit_id>",
+    responses={200: AuditOut},
+    description=(
+        "The result holds, per ε, the divergence (mean, median, p90, max, bootstrap 95% CI) "
+        "beside clean, FGSM and PGD accuracy, plus diagnostics and a manifest of what was "
+        "measured."
+    ),
+)
 def get_audit(path: AuditPath) -> Response:
-    """One audit: status, progress, and the result once it succeeded."""
+    """Read one audit: its status and progress, and its result once it succeeded."""
     row = audits.get_audit(session=db.session, tenant_id=tenant_id(), audit_id=path.audit_id)
-    return json_response(audits.audit_json(row))
+    return json_response(audits.audit_out(row))
 
 
-@bp.post("/<audit_id>/cancel", responses={200: AuditOut})
+@bp.post(
+    "/<audit_id>/cancel",
+    responses={200: AuditOut},
+    description=(
+        "A queued audit is cancelled at once; a running one becomes `cancelling` until its "
+        "workers stop, within seconds.\n\n"
+        "Cancelling a finished audit answers 409."
+    ),
+)
 def cancel_audit(path: AuditPath) -> Response:
-    """Cancel: queued audits at once, running ones at the next batch boundary."""
+    """Cancel an audit."""
     session = db.session
     row = audits.cancel_audit(session=session, tenant_id=tenant_id(), audit_id=path.audit_id)
     session.commit()
-    return json_response(audits.audit_json(row))
+    return json_response(audits.audit_out(row))
 
 
-@bp.get("/<audit_id>/landscape/<int:k>", responses={200: None})
+@bp.get(
+    "/<audit_id>/landscape/<int:k>",
+    responses={200: LandscapeResult},
+    description=(
+        "Grids of cross-entropy and margin around one sample: rows step along the adversarial "
+        "direction, columns along a random one; `decision_boundary` traces where the prediction "
+        "changes."
+    ),
+)
 def get_landscape(path: LandscapePath) -> Response:
-    """The k-th loss/decision surface as JSON grids (rows: adversarial, columns: random)."""
+    """Read the k-th loss and decision surface of a succeeded audit."""
     landscape = audits.get_landscape(
         session=db.session, tenant_id=tenant_id(), audit_id=path.audit_id, k=path.k
     )
     return json_response(landscape)
 
 
-@bp.get("/<audit_id>/landscape/<int:k>.png", responses={200: None})
+@bp.get(
+    "/<audit_id>/landscape/<int:k>.png",
+    responses={200: PNG},
+    description=(
+        "A 3-D loss surface beside the margin's contour map, with the decision boundary and the "
+        "ε-box drawn."
+    ),
+)
 def get_landscape_png(path: LandscapePath) -> Response:
-    """The k-th landscape as a picture: 3-D loss surface and margin contour with S = 0."""
+    """Picture of the k-th landscape."""
     landscape = audits.get_landscape(
         session=db.session, tenant_id=tenant_id(), audit_id=path.audit_id, k=path.k
     )
-    return send_file(store().path(landscape["png_sha256"]), mimetype="image/png", max_age=3600)
+    if landscape.png_sha256 is None:
+        raise NotFound("landscape picture", f"{path.audit_id}/{path.k}")
+    return send_file(store().path(landscape.png_sha256), mimetype="image/png", max_age=3600)
 
 
-@bp.get("/<audit_id>/report.json", responses={200: None})
+@bp.get("/<audit_id>/report.json", responses={200: ReportOut})
 def get_report_json(path: AuditPath) -> Response:
-    """The report's data: the audit with its model, dataset and cost estimate."""
+    """Read the report's data: the audit with its model, dataset and cost estimate."""
     data = reports.report_data(session=db.session, tenant_id=tenant_id(), audit_id=path.audit_id)
     return json_response(data)
 
 
-@bp.get("/<audit_id>/report", responses={200: None})
+@bp.get("/<audit_id>/report", responses={200: HTML})
 def get_report(path: AuditPath) -> Response:
-    """A self-contained HTML report with the landscape pictures inlined."""
+    """A self-contained HTML report, with the landscape pictures inlined."""
     data = reports.report_data(session=db.session, tenant_id=tenant_id(), audit_id=path.audit_id)
-    return Response(reports.report_html(data, store()), mimetype="text/html")
+    return Response(
+        reports.report_html(data.model_dump(mode="json"), store()), mimetype="text/html"
+    )

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Response, current_app, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel
 
 from infra.config import Settings
 from infra.storage import ArtifactStore
@@ -20,12 +21,13 @@ PROBLEM_RESPONSES: dict[int | str, Any] = {
 }
 
 
-def blueprint(name: str, prefix: str) -> APIBlueprint:
+def blueprint(name: str, prefix: str, description: str) -> APIBlueprint:
+    """A blueprint of authenticated routes, tagged `name` in the OpenAPI document."""
     bp = APIBlueprint(
         name,
         __name__,
         url_prefix=prefix,
-        abp_tags=[Tag(name=name)],
+        abp_tags=[Tag(name=name, description=description)],
         abp_security=SECURITY,
         abp_responses=PROBLEM_RESPONSES,
     )
@@ -69,7 +71,8 @@ def store() -> ArtifactStore:
     return value
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    response = jsonify(body)
+def json_response(body: BaseModel, status: int = 200) -> Response:
+    """The response model as JSON; the app validates it against the route's declared model."""
+    response = jsonify(body.model_dump(mode="json"))
     response.status_code = status
     return response

@@ -1,4 +1,4 @@
-"""/v1/compare and /metrics"""
+"""/v1/compare and /metrics: verdicts between audits, and counts for monitoring."""
 
 from __future__ import annotations
 
@@ -8,19 +8,33 @@ from service import reports, telemetry
 from service.api.common import blueprint, json_response
 from service.auth import tenant_id
 from service.db import db
-from service.schemas import CompareQuery
+from service.schemas import CompareOut, CompareQuery
 
-bp = blueprint("compare", "")
+bp = blueprint(
+    "compare",
+    "",
+    "Compare audits against a baseline, for release gates; and this tenant's counts.",
+)
+METRICS = {
+    "description": "Prometheus text exposition",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
 
 
-@bp.get("/v1/compare", responses={200: None})
+@bp.get(
+    "/v1/compare",
+    responses={200: CompareOut},
+    description=(
+        "An audit has `regressed` only when its mean divergence rose by more than "
+        "`max_increase` and beyond noise: on the same dataset a paired bootstrap of the "
+        "per-sample differences, otherwise non-overlapping 95% intervals.\n\n"
+        "The verdict is `incomparable`, with `reasons`, when the audits measured differently "
+        "(backend, search, normalization, norm, ε, dataset, preprocessing) or either model is "
+        "degenerate."
+    ),
+)
 def compare_audits(query: CompareQuery) -> Response:
-    """Audits side by side, with each one's verdict against the first (the baseline).
-
-    A verdict is `incomparable`, with `reasons`, when the two audits measured differently
-    (backend, search, normalization, norm, ε, dataset, preprocessing) or either model is
-    degenerate; on the same dataset it rests on a paired test of the per-sample values.
-    """
+    """Compare audits with the first one, the baseline."""
     ids = [i.strip() for i in query.audits.split(",") if i.strip()]
     body = reports.compare_audits(
         session=db.session, tenant_id=tenant_id(), audit_ids=ids, max_increase=query.max_increase
@@ -28,8 +42,8 @@ def compare_audits(query: CompareQuery) -> Response:
     return json_response(body)
 
 
-@bp.get("/metrics", responses={200: None})
+@bp.get("/metrics", responses={200: METRICS})
 def metrics() -> Response:
-    """Prometheus text format: this tenant's audits by status, models and datasets; the
+    """Prometheus metrics: this tenant's audits by status, and its models and datasets; the
     service's queue depth and worker throughput; this API process's request latency."""
     return telemetry.metrics_response(session=db.session, tenant_id=tenant_id())

@@ -1,4 +1,4 @@
-"""/v1/datasets"""
+"""/v1/datasets: upload evaluation sets."""
 
 from __future__ import annotations
 
@@ -11,12 +11,26 @@ from service.auth import tenant_id
 from service.db import db
 from service.schemas import DatasetForm, DatasetOut, DatasetPage, DatasetPath, ListQuery
 
-bp = blueprint("datasets", "/v1/datasets")
+bp = blueprint(
+    "datasets",
+    "/v1/datasets",
+    "Labelled samples to audit models on: an .npz with arrays x (float, N×…) and y (int, N).",
+)
+TOO_LARGE = {"description": "The file is over the size limit, or the tenant's storage quota"}
 
 
-@bp.post("", responses={201: DatasetOut, 200: DatasetOut, 413: None})
+@bp.post(
+    "",
+    responses={201: DatasetOut, 200: DatasetOut, 413: TOO_LARGE},
+    description=(
+        "An .npz with `x` (float, N×…) and `y` (integer labels, N); answers 201, or 200 with "
+        "the existing dataset for the same bytes.\n\n"
+        "Pickles, object arrays, zip bombs, NaN or inf values and mismatched lengths are "
+        "refused with 422."
+    ),
+)
 def upload_dataset(form: DatasetForm) -> Response:
-    """Upload an .npz with x (float, N×…) and y (int labels, N)."""
+    """Upload a dataset."""
     session = db.session
     limits.check_upload(session, tenant_id(), settings(), Dataset, form.file.stream)
     row, created = catalog.create_dataset(
@@ -29,28 +43,38 @@ def upload_dataset(form: DatasetForm) -> Response:
         name=form.name,
     )
     session.commit()
-    return json_response(catalog.dataset_json(row), 201 if created else 200)
+    return json_response(
+        DatasetOut.model_validate(catalog.dataset_json(row)), 201 if created else 200
+    )
 
 
 @bp.get("", responses={200: DatasetPage})
 def list_datasets(query: ListQuery) -> Response:
-    """Datasets of this tenant, newest first."""
+    """List datasets, newest first; follow `next_cursor` for the next page."""
     rows, cursor = catalog.list_datasets(
         session=db.session, tenant_id=tenant_id(), limit=query.limit, cursor=query.cursor
     )
-    return json_response({"items": [catalog.dataset_json(r) for r in rows], "next_cursor": cursor})
+    items = [DatasetOut.model_validate(catalog.dataset_json(r)) for r in rows]
+    return json_response(DatasetPage(items=items, next_cursor=cursor))
 
 
 @bp.get("/<dataset_id>", responses={200: DatasetOut})
 def get_dataset(path: DatasetPath) -> Response:
-    """One dataset."""
+    """Read one dataset."""
     row = catalog.get_dataset(session=db.session, tenant_id=tenant_id(), dataset_id=path.dataset_id)
-    return json_response(catalog.dataset_json(row))
+    return json_response(DatasetOut.model_validate(catalog.dataset_json(row)))
 
 
-@bp.delete("/<dataset_id>", responses={204: None})
+@bp.delete(
+    "/<dataset_id>",
+    responses={204: None},
+    description=(
+        "It disappears from lists and cannot be used by new audits; past audits and their "
+        "reports stay readable."
+    ),
+)
 def delete_dataset(path: DatasetPath) -> Response:
-    """Delete: gone from lists and new audits; past audits and their reports stay readable."""
+    """Delete a dataset."""
     session = db.session
     catalog.delete_dataset(session=session, tenant_id=tenant_id(), dataset_id=path.dataset_id)
     session.commit()

@@ -1,4 +1,4 @@
-"""/v1/models"""
+"""/v1/models: upload ONNX classifiers and read their intake reports."""
 
 from __future__ import annotations
 
@@ -12,12 +12,28 @@ from service.auth import tenant_id
 from service.db import db
 from service.schemas import ModelForm, ModelListQuery, ModelOut, ModelPage, ModelPath
 
-bp = blueprint("models", "/v1/models")
+bp = blueprint(
+    "models",
+    "/v1/models",
+    "ONNX classifiers to audit. Intake checks the graph, finds its data input and score "
+    "output, and tests which backends compute the same scores as onnxruntime.",
+)
+TOO_LARGE = {"description": "The file is over the size limit, or the tenant's storage quota"}
 
 
-@bp.post("", responses={201: ModelOut, 200: ModelOut, 413: None})
+@bp.post(
+    "",
+    responses={201: ModelOut, 200: ModelOut, 413: TOO_LARGE},
+    description=(
+        "Answers 201 with the intake report: input and output, opset, and whether the torch and "
+        "onnxruntime backends can run it.\n\n"
+        "The same bytes again answer 200 with the existing model.\n\n"
+        "Graphs with external data, custom operator domains or oversized constants are refused "
+        "with 422."
+    ),
+)
 def upload_model(form: ModelForm) -> Response:
-    """Upload an ONNX classifier; the same bytes again return the existing model."""
+    """Upload an ONNX classifier."""
     session = db.session
     limits.check_upload(session, tenant_id(), settings(), Model, form.file.stream)
     row, created = catalog.create_model(
@@ -39,12 +55,16 @@ def upload_model(form: ModelForm) -> Response:
             current_app.extensions["robaudit.celery"].send_task(INSPECT_MODEL, args=[row.id])
         except Exception:  # best effort: every audit checks conversion and parity again
             current_app.logger.warning("model %s: inspection not sent (broker down)", row.id)
-    return json_response(catalog.model_json(row), 201 if created else 200)
+    return json_response(ModelOut.model_validate(catalog.model_json(row)), 201 if created else 200)
 
 
-@bp.get("", responses={200: ModelPage})
+@bp.get(
+    "",
+    responses={200: ModelPage},
+    description="Filter by `name`; follow `next_cursor` for the next page.",
+)
 def list_models(query: ModelListQuery) -> Response:
-    """Models of this tenant, newest first."""
+    """List models, newest first."""
     rows, cursor = catalog.list_models(
         session=db.session,
         tenant_id=tenant_id(),
@@ -52,19 +72,27 @@ def list_models(query: ModelListQuery) -> Response:
         cursor=query.cursor,
         name=query.name,
     )
-    return json_response({"items": [catalog.model_json(r) for r in rows], "next_cursor": cursor})
+    items = [ModelOut.model_validate(catalog.model_json(r)) for r in rows]
+    return json_response(ModelPage(items=items, next_cursor=cursor))
 
 
 @bp.get("/<model_id>", responses={200: ModelOut})
 def get_model(path: ModelPath) -> Response:
-    """One model, with its intake report and backend status."""
+    """Read one model, with its intake report and backend status."""
     row = catalog.get_model(session=db.session, tenant_id=tenant_id(), model_id=path.model_id)
-    return json_response(catalog.model_json(row))
+    return json_response(ModelOut.model_validate(catalog.model_json(row)))
 
 
-@bp.delete("/<model_id>", responses={204: None})
+@bp.delete(
+    "/<model_id>",
+    responses={204: None},
+    description=(
+        "It disappears from lists and cannot be audited again; past audits and their reports "
+        "stay readable."
+    ),
+)
 def delete_model(path: ModelPath) -> Response:
-    """Delete: gone from lists and new audits; past audits and their reports stay readable."""
+    """Delete a model."""
     session = db.session
     catalog.delete_model(session=session, tenant_id=tenant_id(), model_id=path.model_id)
     session.commit()

@@ -1,24 +1,39 @@
-"""Operations: /healthz, /readyz, /openapi.json (no auth)."""
+"""Operations: /healthz, /readyz, /openapi.json (no auth, no rate limit)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from flask import Response, current_app, jsonify
+from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
 
 from infra.queue import broker_reachable
 from service.api.common import json_response, settings
 from service.db import db
+from service.schemas import Health, Readiness
 
-bp = Blueprint("ops", __name__)
+bp = APIBlueprint(
+    "ops",
+    __name__,
+    abp_tags=[Tag(name="ops", description="Probes for orchestrators; no API key needed.")],
+)
 
 
-@bp.get("/healthz")
+@bp.get("/healthz", responses={200: Health})
 def healthz() -> Response:
-    return json_response({"status": "ok"})
+    """Liveness: the API process answers."""
+    return json_response(Health(status="ok"))
 
 
-@bp.get("/readyz")
+@bp.get(
+    "/readyz",
+    responses={200: Readiness, 503: Readiness},
+    description=(
+        "Answers 503 when either is not; audits are still accepted while only the broker is "
+        "down, and sent once it is back."
+    ),
+)
 def readyz() -> Response:
+    """Readiness: the database and the broker are reachable."""
     checks: dict[str, str] = {}
     ok = True
     try:
@@ -29,11 +44,11 @@ def readyz() -> Response:
     broker_ok, what = broker_reachable(settings())
     checks["broker"] = "ok" if broker_ok else what
     ok = ok and broker_ok
-    return json_response(
-        {"status": "ready" if ok else "unavailable", "checks": checks}, 200 if ok else 503
-    )
+    body = Readiness(status="ready" if ok else "unavailable", checks=checks)
+    return json_response(body, 200 if ok else 503)
 
 
-@bp.get("/openapi.json")
+@bp.get("/openapi.json", doc_ui=False)
 def openapi() -> Response:
-    return json_response(current_app.api_doc)  # type: ignore[attr-defined]
+    """This document."""
+    return jsonify(current_app.api_doc)  # type: ignore[attr-defined]

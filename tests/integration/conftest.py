@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
+from werkzeug.serving import make_server
 
 from infra.config import Settings
 from service.app import create_app
@@ -39,3 +41,14 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def auth(db_session: Session) -> dict[str, str]:
     return tenant_headers(db_session, "acme")
+
+
+@pytest.fixture
+def server(app: Flask) -> Iterator[str]:
+    """The app on a real local HTTP port, for the CLI's client."""
+    httpd = make_server("127.0.0.1", 0, app)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    thread.join()

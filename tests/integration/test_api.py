@@ -61,6 +61,55 @@ def test_openapi_documents_the_contract(client: FlaskClient) -> None:
     create = spec["paths"]["/v1/audits"]["post"]
     assert "202" in create["responses"]
     assert client.get("/docs/").status_code == 200
+    # Written for users, not the factory's docstring.
+    assert "ε" in spec["info"]["description"]
+    assert "factory" not in spec["info"]["description"]
+    # Every route declares what it answers on success: a schema for JSON, else a media type.
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            ok = [c for c in op["responses"] if c in ("200", "201", "202", "204")]
+            assert ok, f"{method} {path} declares no success response"
+            assert op["summary"], f"{method} {path} has no summary"
+            for code in ok:
+                if code != "204":
+                    assert op["responses"][code].get("content"), f"{method} {path} {code}"
+    # The config's schema is the core's, with fd_directions (documented, and now accepted).
+    config = spec["components"]["schemas"]["AuditConfig"]["properties"]
+    assert config["fd_directions"]["default"] == 64
+    assert all(field.get("description") for field in config.values())
+
+
+def test_a_response_that_drifts_from_its_schema_fails(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Response validation is on: a field the schema does not declare is an error, not news."""
+    from flask import Response, jsonify
+    from pydantic import BaseModel
+
+    from service.api import ops
+
+    def drifted(body: BaseModel, status: int = 200) -> Response:
+        response = jsonify({**body.model_dump(mode="json"), "notes": []})
+        response.status_code = status
+        return response
+
+    assert client.get("/healthz").status_code == 200
+    monkeypatch.setattr(ops, "json_response", drifted)
+    assert client.get("/healthz").status_code == 500
+    assert "notes" in caplog.text
+    assert "Extra inputs are not permitted" in caplog.text
+
+
+def test_fd_directions_is_accepted_and_stored(
+    client: FlaskClient, auth: dict[str, str], ids: tuple[str, str]
+) -> None:
+    """README documents fd_directions; the API refused it before the config was defined once."""
+    body = {"model_id": ids[0], "dataset_id": ids[1], "config": {"fd_directions": 16}}
+    created = client.post("/v1/audits", json=body, headers=auth)
+    assert created.status_code == 202, created.get_json()
+    audit = client.get(created.get_json()["links"]["self"], headers=auth).get_json()
+    assert audit["config"]["fd_directions"] == 16
+    assert audit["config"]["landscape"] == {"samples": 4, "resolution": 21, "span": 2.0}
 
 
 # --- auth and tenancy ---------------------------------------------------------

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
-from werkzeug.serving import make_server
 
 from infra.persistence.models import Audit
 from robaudit.cli import main
@@ -25,17 +21,6 @@ def ids(client: FlaskClient, auth: dict[str, str]) -> tuple[str, str]:
     model = upload_model(client, auth, cnn_bytes(), name="digits").get_json()["id"]
     dataset = upload_dataset(client, auth, digits_npz()).get_json()["id"]
     return model, dataset
-
-
-@pytest.fixture
-def server(app: Flask) -> Iterator[str]:
-    """The app on a real local HTTP port, for the CLI's client."""
-    httpd = make_server("127.0.0.1", 0, app)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    thread.join()
 
 
 def _with_config(db: Session, audit_id: str, **changes: object) -> None:
@@ -77,17 +62,17 @@ def test_cli_gate_exits_2_on_incomparable_and_degenerate(
     assert main(["gate", same, "--baseline", base]) == 0
     capsys.readouterr()
 
-    other = finished_audit(client, auth, db_session, ids, 2, fake_result(0.010, 0.0005))
-    _with_config(db_session, other, backend="onnxruntime")
+    black_box = {**fake_result(0.010, 0.0005), "backend": "onnxruntime"}
+    other = finished_audit(client, auth, db_session, ids, 2, black_box)
     junit = tmp_path / "gate.xml"
     assert main(["gate", other, "--baseline", base, "--junit", str(junit)]) == 2
-    assert "cannot compare: backend differs: auto vs onnxruntime" in capsys.readouterr().err
+    assert "cannot compare: backend differs: torch vs onnxruntime" in capsys.readouterr().err
     assert 'errors="1"' in junit.read_text()
     assert "backend differs" in junit.read_text()
 
     degenerate = fake_result(0.0, 0.0)
     degenerate["verdict"] = "degenerate"
-    degenerate["diagnostics"] = {"degenerate": {"kind": "constant_output", "reason": "flat"}}
+    degenerate["diagnostics"]["degenerate"] = {"kind": "constant_output", "reason": "flat"}
     dead = finished_audit(client, auth, db_session, ids, 3, degenerate)
     assert main(["gate", dead, "--baseline", base]) == 2  # ψ = 0 must not pass as "better"
     err = capsys.readouterr().err
@@ -99,8 +84,9 @@ def test_report_states_a_degenerate_verdict(
 ) -> None:
     degenerate = fake_result(0.0, 0.0)
     degenerate["verdict"] = "degenerate"
-    degenerate["diagnostics"] = {
-        "degenerate": {"kind": "constant_output", "reason": "scores ignore the input"}
+    degenerate["diagnostics"]["degenerate"] = {
+        "kind": "constant_output",
+        "reason": "scores ignore the input",
     }
     audit_id = finished_audit(client, auth, db_session, ids, 0, degenerate)
     text = client.get(f"/v1/audits/{audit_id}/report", headers=auth).get_data(as_text=True)

@@ -26,10 +26,19 @@ def fake_result(mean: float, half_width: float) -> dict:
         "fgsm_accuracy": 0.5,
         "pgd_accuracy": 0.4,
     }
+    # What every stored result has held since the first release; later keys are optional.
+    diagnostics = {
+        "gradient_masking_suspected": False,
+        "zero_gradient_fraction": 0.0,
+        "nonfinite_gradient_fraction": 0.0,
+        "random_search_wins": 0,
+        "parity_max_abs_diff": None,
+    }
     return {
         "per_epsilon": [eps],
         "samples": 16,
-        "diagnostics": {},
+        "backend": "torch",
+        "diagnostics": diagnostics,
         "landscapes": [],
         "manifest": {},
     }

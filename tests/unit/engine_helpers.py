@@ -7,9 +7,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustness.config import BackendKind
 from robustness.engine import run_audit
 from robustness.loading import LoadedModel, load
-from robustness.spec import AuditResult, AuditSpec, BackendKind
+from robustness.results import AuditResult
+from robustness.spec import AuditSpec
 
 CPU = torch.device("cpu")
 

@@ -41,7 +41,9 @@ def test_run_prints_the_result_object(
         "1",
     ]
     assert main([*argv, "--plots", str(plots)]) == 0
-    body = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    body = json.loads(captured.out)
+    assert "96/96 epsilon 0.1" in captured.err  # progress goes to stderr, stdout stays JSON
     assert [e["epsilon"] for e in body["per_epsilon"]] == [0.05, 0.1]
     assert body["samples"] == 32
     assert body["timing"]["samples_per_second"] > 0
@@ -84,8 +86,8 @@ def test_bad_input_is_a_clear_cli_error(
         npz.write_bytes(data)
     assert main(["run", str(model), str(npz), "--steps", "2"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("robaudit: error:")
-    assert message in err
+    assert err.splitlines()[-1].startswith("robaudit: error:")  # after the progress lines
+    assert message in err.splitlines()[-1]
     assert "Traceback" not in err
 
 

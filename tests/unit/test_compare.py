@@ -5,17 +5,34 @@ from __future__ import annotations
 import pytest
 
 from robustness.compare import Comparison, compare, parse_increase
+from robustness.config import AuditConfig
+from robustness.results import AuditResult
 
-CFG = {"norm": "linf", "logit_normalization": "l2"}
+CFG = AuditConfig()
+DIAGNOSTICS = {
+    "gradient_masking_suspected": False,
+    "zero_gradient_fraction": 0.0,
+    "nonfinite_gradient_fraction": 0.0,
+    "random_search_wins": 0,
+    "parity_max_abs_diff": None,
+}
 
 
-def result(*per_eps: tuple[float, float, float, float]) -> dict:
-    return {
-        "per_epsilon": [
-            {"epsilon": e, "divergence": {"mean": m, "ci95": [lo, hi]}, "pgd_accuracy": 0.5}
-            for e, m, lo, hi in per_eps
-        ]
-    }
+def result(*per_eps: tuple[float, float, float, float]) -> AuditResult:
+    """A result without per-sample values: (ε, mean ψ, CI low, CI high) per ε."""
+    summary = {"median": 0.0, "p90": 0.0, "max": 0.0}
+    return AuditResult.model_validate(
+        {
+            "per_epsilon": [
+                {"epsilon": e, "divergence": {"mean": m, "ci95": [lo, hi], **summary},
+                 "clean_accuracy": None, "fgsm_accuracy": None, "pgd_accuracy": 0.5}
+                for e, m, lo, hi in per_eps
+            ],
+            "samples": 100,
+            "backend": "torch",
+            "diagnostics": DIAGNOSTICS,
+        }
+    )  # fmt: skip
 
 
 def test_regression_needs_both_size_and_separation() -> None:
@@ -24,7 +41,7 @@ def test_regression_needs_both_size_and_separation() -> None:
     small_but_clear = result((0.03, 0.0105, 0.0103, 0.0107))  # +5%: separated, under 10%
     big_but_noisy = result((0.03, 0.014, 0.008, 0.020))
 
-    def cmp(cand: dict) -> Comparison:
+    def cmp(cand: AuditResult) -> Comparison:
         return compare(base, cand, max_increase=0.1, baseline_config=CFG, candidate_config=CFG)
 
     assert cmp(big_and_clear).verdict == "regressed"
@@ -50,7 +67,7 @@ def test_worst_epsilon_decides_and_other_epsilons_are_incomparable() -> None:
 def test_different_threat_models_are_incomparable() -> None:
     base = result((0.03, 0.01, 0.009, 0.011))
     out = compare(
-        base, base, max_increase=0.1, baseline_config=CFG, candidate_config={**CFG, "norm": "l2"}
+        base, base, max_increase=0.1, baseline_config=CFG, candidate_config=AuditConfig(norm="l2")
     )
     assert out.verdict == "incomparable"
     assert "norm" in out.reason

@@ -9,43 +9,53 @@ import pytest
 
 from robaudit.digits import to_onnx
 from robustness.compare import compare, paired_test
+from robustness.config import AuditConfig, Baseline
 from robustness.engine import run_audit
-from robustness.report import divergence_dict, result_to_dict
-from robustness.spec import AuditSpec, Baseline
+from robustness.results import AuditResult, Manifest
+from robustness.spec import AuditSpec
 from robustness.stats import summarize
 from tests.factories.models import adversarial_cnn, digits_split, natural_cnn
 from tests.unit.engine_helpers import CPU, load_cpu
 
-CFG: dict[str, Any] = {
-    "norm": "linf",
-    "logit_normalization": "l2",
-    "epsilons": [0.03],
-    "steps": 20,
-    "restarts": 1,
-    "step_size": None,
-    "backend": "auto",
-    "fd_directions": 64,
-    "seed": 0,
+CFG = AuditConfig(epsilons=[0.03])
+DIAGNOSTICS = {
+    "gradient_masking_suspected": False,
+    "zero_gradient_fraction": 0.0,
+    "nonfinite_gradient_fraction": 0.0,
+    "random_search_wins": 0,
+    "parity_max_abs_diff": None,
 }
 
 
-def result(psi: np.ndarray, *, sha: str = "d" * 64, **extra: Any) -> dict[str, Any]:
-    """A result as the worker stores it: per-sample ψ, its summary, the manifest."""
+def search(algorithm: str) -> dict[str, Any]:
+    return {"algorithm": algorithm, "steps": 20, "restarts": 1, "runs": 3, "steps_per_run": 13,
+            "gradient_evaluations_per_sample": 40}  # fmt: skip
+
+
+def stored(psi: np.ndarray, *, sha: str = "d" * 64, eps: float = 0.03, **extra: Any) -> dict:
+    """A result as the worker stores it (JSON): per-sample ψ, its summary, the manifest."""
     return {
         "per_epsilon": [
             {
-                "epsilon": 0.03,
-                "divergence": divergence_dict(summarize(psi, seed=0)),
+                "epsilon": eps,
+                "divergence": summarize(psi, seed=0).model_dump(mode="json"),
+                "clean_accuracy": None,
+                "fgsm_accuracy": None,
                 "pgd_accuracy": 0.5,
                 "per_sample": psi.tolist(),
             }
         ],
+        "samples": len(psi),
         "backend": "torch",
-        "diagnostics": {"degenerate": None},
-        "verdict": "measured",
+        "diagnostics": DIAGNOSTICS,
         "manifest": {"dataset_sha256": sha, "input_range": [0.0, 1.0]},
         **extra,
     }
+
+
+def result(psi: np.ndarray, **kw: Any) -> AuditResult:
+    """A stored result read back, as the API and the gate read it."""
+    return AuditResult.model_validate(stored(psi, **kw))
 
 
 def spread_psi(n: int = 200, seed: int = 0) -> np.ndarray:
@@ -61,9 +71,10 @@ def spread_psi(n: int = 200, seed: int = 0) -> np.ndarray:
         ({"config": {"step_size": 0.001}}, "step_size differs"),
         ({"config": {"norm": "l2"}}, "norm differs"),
         ({"config": {"logit_normalization": "none"}}, "logit_normalization differs"),
-        ({"config": {"epsilons": [0.03, 0.1]}}, "ε differs"),
+        ({"eps": 0.1}, "ε differs"),
+        ({"config": {"fd_directions": 16}, "result": {"backend": "onnxruntime"}}, "fd_directions"),
         ({"result": {"backend": "onnxruntime"}}, "backend differs"),
-        ({"result": {"search": {"algorithm": "apgd-kl/2"}}}, "search algorithm differs"),
+        ({"result": {"search": search("apgd-kl/2")}}, "search algorithm differs"),
         ({"sha": "e" * 64}, "dataset (sha256) differs"),
         ({"manifest": {"input_range": [-1.0, 1.0]}}, "input_range differs"),
         ({"manifest": {"preprocessing": {"scale": 255}}}, "preprocessing differs"),
@@ -72,26 +83,40 @@ def spread_psi(n: int = 200, seed: int = 0) -> np.ndarray:
 def test_audits_measured_differently_are_incomparable(change: dict[str, Any], reason: str) -> None:
     psi = spread_psi()
     base = result(psi)
-    cand = result(psi, sha=change.get("sha", "d" * 64), **change.get("result", {}))
+    cand = stored(psi, sha=change.get("sha", "d" * 64), eps=change.get("eps", 0.03),
+                  **change.get("result", {}))  # fmt: skip
     cand["manifest"].update(change.get("manifest", {}))
     out = compare(
         base,
-        cand,
+        AuditResult.model_validate(cand),
         max_increase=0.1,
         baseline_config=CFG,
-        candidate_config={**CFG, **change.get("config", {})},
+        candidate_config=CFG.model_copy(update=change.get("config", {})),
     )
     assert out.verdict == "incomparable"
     assert any(reason in r for r in out.reasons), out.reasons
-    assert out.to_dict()["reasons"] == list(out.reasons)
+    assert out.model_dump(mode="json")["reasons"] == list(out.reasons)
+
+
+def test_a_config_stored_before_fd_directions_compares_with_its_default() -> None:
+    psi = spread_psi()
+    old = AuditConfig.from_stored({"epsilons": [0.03], "backend": "onnxruntime"})
+    new = AuditConfig(epsilons=[0.03], backend="onnxruntime", fd_directions=64)
+    black = result(psi, backend="onnxruntime")
+    out = compare(black, black, max_increase=0.1, baseline_config=old, candidate_config=new)
+    assert out.verdict == "same", out.reasons
 
 
 def test_seed_and_an_implicit_algorithm_version_still_compare() -> None:
     psi = spread_psi()
     base = result(psi)  # written before the engine recorded its algorithm
-    cand = result(psi, search={"algorithm": "pgd-kl/1"})
+    cand = result(psi, search=search("pgd-kl/1"))
     out = compare(
-        base, cand, max_increase=0.1, baseline_config=CFG, candidate_config={**CFG, "seed": 7}
+        base,
+        cand,
+        max_increase=0.1,
+        baseline_config=CFG,
+        candidate_config=CFG.model_copy(update={"seed": 7}),
     )
     assert out.verdict == "same"
 
@@ -99,8 +124,9 @@ def test_seed_and_an_implicit_algorithm_version_still_compare() -> None:
 def test_a_degenerate_model_cannot_pass_the_gate() -> None:
     psi = spread_psi()
     flat = np.zeros_like(psi)
-    dead = result(flat, verdict="degenerate")
-    dead["diagnostics"]["degenerate"] = {"kind": "constant_output", "reason": "ignores input"}
+    degenerate = {"kind": "constant_output", "reason": "ignores input"}
+    dead = result(flat, diagnostics={**DIAGNOSTICS, "degenerate": degenerate})
+    assert dead.verdict == "degenerate"  # derived for rows stored without a verdict
     out = compare(result(psi), dead, max_increase=0.1, baseline_config=CFG, candidate_config=CFG)
     assert out.verdict == "incomparable"  # ψ = 0 would otherwise read as "better"
     assert "candidate audit's model is degenerate (constant_output)" in out.reason
@@ -110,16 +136,17 @@ def test_paired_test_sees_a_shift_the_overlapping_intervals_hide() -> None:
     psi = spread_psi()
     shifted = psi * 1.2 * np.random.default_rng(1).uniform(0.97, 1.03, size=psi.shape)
     base, cand = result(psi), result(shifted)
-    b, c = base["per_epsilon"][0]["divergence"], cand["per_epsilon"][0]["divergence"]
-    assert c["ci95"][0] < b["ci95"][1]  # the two intervals overlap: the old verdict was "same"
+    b, c = base.per_epsilon[0].divergence, cand.per_epsilon[0].divergence
+    assert c.ci95[0] < b.ci95[1]  # the two intervals overlap: the old verdict was "same"
     out = compare(base, cand, max_increase=0.1, baseline_config=CFG, candidate_config=CFG)
     assert out.verdict == "regressed"
-    item = out.to_dict()["per_epsilon"][0]
+    item = out.model_dump(mode="json")["per_epsilon"][0]
     assert item["test"] == "paired"
     assert item["paired"]["ci95"][0] > 0
     assert item["relative_change"] == pytest.approx(0.2, abs=0.02)
     unpaired = compare(
-        {**base, "manifest": {}}, {**cand, "manifest": {}}, max_increase=0.1,
+        base.model_copy(update={"manifest": None}), cand.model_copy(update={"manifest": None}),
+        max_increase=0.1,
         baseline_config=CFG, candidate_config=CFG,
     )  # fmt: skip
     assert unpaired.verdict == "same"
@@ -140,13 +167,14 @@ def test_real_audits_adversarial_training_is_better_and_undoing_it_regresses() -
     split = digits_split()
     x, y = split.x_test[:64], split.y_test[:64]
     spec = AuditSpec(epsilons=(0.1,), steps=5, landscape_samples=0, baselines=(Baseline.PGD,))
-    manifest = {"dataset_sha256": "f" * 64, "input_range": [0.0, 1.0]}
+    manifest = Manifest(dataset_sha256="f" * 64, input_range=[0.0, 1.0])
     audits = {}
     for name, net in (("natural", natural_cnn()), ("adversarial", adversarial_cnn())):
         backend = load_cpu(to_onnx(net), x).backend
-        audits[name] = {**result_to_dict(run_audit(backend, x, y, spec, device=CPU)),
-                        "manifest": manifest}  # fmt: skip
-    cfg = {**CFG, "epsilons": [0.1], "steps": 5}
+        audits[name] = run_audit(backend, x, y, spec, device=CPU).model_copy(
+            update={"manifest": manifest}
+        )
+    cfg = AuditConfig(epsilons=[0.1], steps=5)
     kw: dict[str, Any] = {"max_increase": 0.1, "baseline_config": cfg, "candidate_config": cfg}
     assert compare(audits["natural"], audits["adversarial"], **kw).verdict == "better"
     back = compare(audits["adversarial"], audits["natural"], **kw)

@@ -9,8 +9,8 @@ import pytest
 
 from infra.storage import ArtifactStore
 from robaudit.cli import main
+from robustness.config import Baseline
 from robustness.report import result_to_dict
-from robustness.spec import Baseline
 from service.reports import report_html
 from tests.factories.models import cnn_onnx, digits_split, natural_cnn
 from tests.unit.engine_helpers import audit

@@ -8,10 +8,12 @@ import torch
 from torch import nn
 
 from robaudit.digits import to_onnx
-from robustness.degeneracy import DegeneracyKind, Verdict, detect
+from robustness.config import Baseline
+from robustness.degeneracy import detect
 from robustness.engine import run_audit
 from robustness.report import merge_results, result_to_dict
-from robustness.spec import AuditSpec, Baseline
+from robustness.results import AuditResult, DegeneracyKind, Verdict
+from robustness.spec import AuditSpec
 from tests.factories.corpus import LIGHT_ZOO
 from tests.factories.models import Constant, digits_split, natural_cnn
 from tests.unit.engine_helpers import CPU, load_cpu
@@ -93,7 +95,8 @@ def test_shards_keep_the_verdict() -> None:
             for i in (0, 16)
         ]  # fmt: skip
         whole = result_to_dict(run_audit(backend, x, y, spec, device=CPU))
-        merged = merge_results(parts)
+        # Shards come back as stored JSON, read through the result model, as in the worker.
+        merged = result_to_dict(merge_results([AuditResult.model_validate(p) for p in parts]))
         assert merged["verdict"] == whole["verdict"] == verdict
         assert (
             merged["diagnostics"]["degenerate"]["kind"]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from infra.config import Settings, variables
-from robaudit.cli import _parser
+from robaudit.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -30,7 +30,7 @@ def test_compose_has_the_designed_services() -> None:
 def test_control_and_compute_queues_are_split_and_both_consumed() -> None:
     def queues(name: str) -> str:
         command = SERVICES[name]["command"]
-        return str(_parser().parse_args(command[1:]).queues)
+        return str(build_parser().parse_args(command[1:]).queues)
 
     assert queues("worker") == "compute"  # the GPU worker runs shards only
     assert queues("worker-control") == "control"
@@ -41,7 +41,7 @@ def test_control_and_compute_queues_are_split_and_both_consumed() -> None:
 def test_commands_are_real_cli_commands(name: str) -> None:
     command = SERVICES[name]["command"]
     assert command[0] == "robaudit"
-    args = _parser().parse_args(command[1:])  # exits (fails the test) on an unknown command
+    args = build_parser().parse_args(command[1:])  # exits (fails the test) on an unknown command
     assert hasattr(args, "handler")
 
 

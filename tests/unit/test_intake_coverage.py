@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from robustness.config import BackendKind
 from robustness.loading import PARITY_RTOL, load
-from robustness.spec import BackendKind
 from tests.factories.corpus import LIGHT_ZOO, Case, corpus
 
 CASES = corpus()

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from robaudit.digits import to_onnx
+from robustness.config import Norm
 from robustness.landscape import Landscape, loss_landscape
-from robustness.spec import Norm
 from tests.factories.models import adversarial_cnn, digits_split, natural_cnn
 from tests.unit.engine_helpers import load_cpu
 
@@ -80,12 +80,15 @@ def test_l2_directions_have_unit_norm() -> None:
     assert np.isfinite(scape.loss).all()
 
 
-def test_to_dict_is_json_ready() -> None:
+def test_to_result_is_json_ready() -> None:
     import json
 
-    body = landscapes(natural_cnn())[0].to_dict()
-    assert json.loads(json.dumps(body))["label"] == body["label"]
+    from robustness.results import LandscapeResult
+
+    body = landscapes(natural_cnn())[0].to_result().model_dump(mode="json")
+    assert LandscapeResult.model_validate(json.loads(json.dumps(body))).label == body["label"]
     assert 0.0 <= body["misclassified_fraction_inside_eps"] <= 1.0
+    assert "png_sha256" not in body  # a worker adds it once the picture is drawn
 
 
 def test_decision_boundary_lies_where_the_margin_changes_sign() -> None:

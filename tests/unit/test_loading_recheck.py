@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from robaudit.digits import to_onnx
+from robustness.config import BackendKind
 from robustness.errors import AuditInputError
-from robustness.spec import BackendKind
 from tests.factories.models import digits_split, natural_cnn
 from tests.unit.engine_helpers import load_cpu
 

@@ -10,7 +10,7 @@ import torch
 
 from robaudit.digits import DigitsCNN, to_onnx
 from robustness.attacks.divergence import DivergenceSearch
-from robustness.spec import BackendKind, Baseline, LogitNormalization, Norm
+from robustness.config import BackendKind, Baseline, LogitNormalization, Norm
 from tests.factories.models import Constant, adversarial_cnn, digits_split, mlp_onnx, natural_cnn
 from tests.unit.engine_helpers import audit, load_cpu, mean_psi
 
@@ -202,6 +202,7 @@ def test_shards_merged_equal_one_unsharded_run(data: tuple[np.ndarray, np.ndarra
     """Batches seeded by their global first index: shards reproduce the unsharded numbers."""
     from robustness.engine import run_audit
     from robustness.report import merge_results, result_to_dict
+    from robustness.results import AuditResult
     from robustness.spec import AuditSpec
 
     x, y = data[0][:48], data[1][:48]
@@ -221,7 +222,8 @@ def test_shards_merged_equal_one_unsharded_run(data: tuple[np.ndarray, np.ndarra
         )
         for i in range(0, 48, 16)
     ]
-    merged = merge_results(parts)
+    # Shards come back as stored JSON, read through the result model, as in the worker.
+    merged = result_to_dict(merge_results([AuditResult.model_validate(p) for p in parts]))
     for a, b in zip(whole["per_epsilon"], merged["per_epsilon"], strict=True):
         assert a["per_sample"] == b["per_sample"]
         assert a["divergence"] == b["divergence"]

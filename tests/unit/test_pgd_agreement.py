@@ -9,7 +9,7 @@ import torchattacks
 from robaudit.digits import to_onnx
 from robustness.attacks.fgsm import FGSM
 from robustness.attacks.pgd import PGD
-from robustness.spec import Norm
+from robustness.config import Norm
 from tests.factories.models import digits_split, natural_cnn
 from tests.unit.engine_helpers import load_cpu
 

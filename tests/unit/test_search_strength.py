@@ -10,9 +10,11 @@ from robaudit.digits import to_onnx
 from robustness.attacks.budget import search_info
 from robustness.attacks.divergence import DivergenceSearch
 from robustness.attacks.search import build_search
+from robustness.config import BackendKind, Baseline, Norm, SearchAlgorithm
 from robustness.engine import run_audit
 from robustness.report import merge_results, result_to_dict
-from robustness.spec import AuditSpec, BackendKind, Baseline, Norm, SearchAlgorithm
+from robustness.results import AuditResult
+from robustness.spec import AuditSpec
 from tests.factories.models import adversarial_cnn, digits_split, natural_cnn
 from tests.unit.engine_helpers import CPU, audit, load_cpu
 
@@ -117,7 +119,8 @@ def test_convergence_and_search_survive_a_shard_merge(data: tuple[np.ndarray, np
         )
         for i in (0, 16)
     ]
-    merged = merge_results(parts)
+    # Shards come back as stored JSON, read through the result model, as in the worker.
+    merged = result_to_dict(merge_results([AuditResult.model_validate(p) for p in parts]))
     assert merged["search"] == whole["search"]
     a, b = whole["per_epsilon"][0]["convergence"], merged["per_epsilon"][0]["convergence"]
     assert a["converged"] == b["converged"]

@@ -1,0 +1,238 @@
+"""The audit `result` of api-v1.md as typed models: what the engine returns, what a shard
+stores, what merging shards yields and what the API answers (no torch; the API imports it).
+
+Stored results are read back through these models, so they are tolerant: fields added after a
+row was written take their defaults, and keys a later version dropped are ignored. Optional
+parts a result did not record (per-sample values, convergence, search, manifest, timing) are
+left out of the JSON rather than written as null, as they always were.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
+
+from robustness.config import BackendKind, Norm
+
+
+class ResultModel(BaseModel):
+    """Frozen, tolerant of stored rows, and silent about the unrecorded optional parts."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    # Fields left out of the JSON when None (a result that did not record them).
+    omit_if_none: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_unrecorded(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in self.omit_if_none:
+                if key in data and data[key] is None:
+                    del data[key]
+        return data
+
+
+class DivergenceSummary(ResultModel):
+    """ψ over the audited samples. Lower means more robust."""
+
+    mean: float
+    median: float
+    p90: float
+    max: float
+    ci95: tuple[float, float] = Field(description="Percentile-bootstrap 95% CI of the mean")
+
+
+class Convergence(ResultModel):
+    """Did the search level off? Mean ψ after half of its steps against mean ψ at the end."""
+
+    psi_mean_half: float
+    psi_mean: float
+    relative_gain: float
+    converged: bool
+    suggested_steps: int | None = Field(description="Steps likely to converge, if not converged")
+
+
+class SearchInfo(ResultModel):
+    """The search that produced ψ: its versioned algorithm and what it spent per sample."""
+
+    algorithm: str = Field(description="Versioned algorithm, e.g. apgd-kl/1")
+    steps: int
+    restarts: int
+    runs: int
+    steps_per_run: int
+    gradient_evaluations_per_sample: int
+
+
+class EpsilonResult(ResultModel):
+    """One ε of an audit: the metric and the conventional accuracies beside it."""
+
+    omit_if_none = frozenset({"per_sample", "convergence"})
+    epsilon: float
+    divergence: DivergenceSummary
+    clean_accuracy: float | None
+    fgsm_accuracy: float | None
+    pgd_accuracy: float | None
+    per_sample: tuple[float, ...] | None = Field(
+        None, description="ψ of each audited sample, in dataset order (absent in summaries)"
+    )
+    convergence: Convergence | None = None
+
+
+class DegeneracyKind(StrEnum):
+    CONSTANT_OUTPUT = "constant_output"
+    VANISHING_GRADIENT = "vanishing_gradient"
+
+
+class Verdict(StrEnum):
+    """The result's top-level verdict: whether ψ measures robustness at all."""
+
+    MEASURED = "measured"
+    DEGENERATE = "degenerate"
+
+
+class Degeneracy(ResultModel):
+    """Why an audit's ψ cannot be read as robustness."""
+
+    kind: DegeneracyKind
+    reason: str
+
+
+def verdict_of(degeneracy: Degeneracy | None) -> Verdict:
+    return Verdict.MEASURED if degeneracy is None else Verdict.DEGENERATE
+
+
+class Diagnostics(ResultModel):
+    """Evidence about whether the gradient search can be trusted."""
+
+    gradient_masking_suspected: bool
+    zero_gradient_fraction: float
+    nonfinite_gradient_fraction: float
+    random_search_wins: int = Field(description="Samples where random noise beat the search")
+    parity_max_abs_diff: float | None = Field(
+        description="Largest relative |Δ| between the torch conversion and onnxruntime"
+    )
+    evidence: tuple[str, ...] = ()
+    degenerate: Degeneracy | None = Field(None, description="Set: ψ says nothing here")
+    blackbox_note: str | None = Field(
+        None, description="The finite-difference backend's shortfall against autograd"
+    )
+
+
+class LandscapeResult(ResultModel):
+    """One sample's loss and margin surfaces; rows: a along d_adv, columns: b along d_rand."""
+
+    omit_if_none = frozenset({"png_sha256"})
+    sample_index: int
+    label: int
+    epsilon: float
+    norm: Norm
+    coords: list[float]
+    loss: list[list[float]] = Field(description="Cross-entropy on the grid")
+    margin: list[list[float]] = Field(description="z_y − max z_other; < 0: misclassified")
+    misclassified_fraction_inside_eps: float
+    crosses_boundary_within_eps: bool | None
+    decision_boundary: list[list[tuple[float, float]]] = Field(
+        description="The S = 0 contour as polylines of (a, b) points"
+    )
+    png_sha256: str | None = Field(None, description="The picture, once a worker drew it")
+
+
+class BackendState(ResultModel):
+    """Whether a backend can run the model, and its parity with onnxruntime."""
+
+    ok: bool | None
+    parity_max_abs_diff: float | None = None
+    reason: str | None = None
+
+
+class Manifest(ResultModel):
+    """What the numbers were measured on and with; a shard records device, backends, notes."""
+
+    omit_if_none = frozenset(
+        {"model_sha256", "dataset_sha256", "config_hash", "versions", "device", "backend",
+         "backends", "notes", "input_range", "shards", "preprocessing"}
+    )  # fmt: skip
+    model_sha256: str | None = None
+    dataset_sha256: str | None = None
+    config_hash: str | None = None
+    versions: dict[str, str] | None = None
+    device: str | None = None
+    backend: str | None = None
+    backends: dict[str, BackendState] | None = None
+    notes: list[str] | None = None
+    input_range: list[float] | None = None
+    shards: int | None = None
+    preprocessing: dict[str, Any] | None = None
+
+
+class Timing(ResultModel):
+    """Engine seconds per stage (summed over shards); the CLI adds wall seconds."""
+
+    omit_if_none = frozenset({"seconds", "samples_per_second"})
+    stages: dict[str, float] = Field(default_factory=dict)
+    seconds: float | None = None
+    samples_per_second: float | None = None
+
+
+class AuditResult(ResultModel):
+    """What an audit produces: of one engine call, one shard, or all shards merged."""
+
+    omit_if_none = frozenset({"search", "manifest", "timing"})
+    per_epsilon: tuple[EpsilonResult, ...]
+    samples: int
+    backend: BackendKind = Field(description="The backend that ran: torch or onnxruntime")
+    batch_size: int = 0
+    diagnostics: Diagnostics
+    verdict: Verdict = Field(
+        Verdict.MEASURED, description="degenerate: ψ is no robustness measure for this model"
+    )
+    landscapes: tuple[LandscapeResult, ...] = ()
+    search: SearchInfo | None = None
+    manifest: Manifest | None = None
+    timing: Timing | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_older_rows(cls, data: Any) -> Any:
+        """Shards stored before this model kept `stage_seconds` and `manifest_part`; results
+        before the verdict derive it from their degeneracy record."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "stage_seconds" in data and "timing" not in data:
+            data["timing"] = {"stages": data.pop("stage_seconds")}
+        if "manifest_part" in data and "manifest" not in data:
+            data["manifest"] = data.pop("manifest_part")
+        if "verdict" not in data and (data.get("diagnostics") or {}).get("degenerate"):
+            data["verdict"] = Verdict.DEGENERATE
+        return data
+
+    @property
+    def stage_seconds(self) -> dict[str, float]:
+        """Engine seconds per stage (timing.stages)."""
+        return dict(self.timing.stages) if self.timing else {}
+
+    @property
+    def degenerate(self) -> Degeneracy | None:
+        """The degeneracy record, also for rows that kept only a degenerate verdict."""
+        found = self.diagnostics.degenerate
+        if found is None and self.verdict is Verdict.DEGENERATE:
+            return Degeneracy(
+                kind=DegeneracyKind.CONSTANT_OUTPUT, reason="the audit's verdict is degenerate"
+            )
+        return found
+
+    def to_json(self, *, include_per_sample: bool = True) -> dict[str, Any]:
+        """The JSON object, optionally without the per-sample values (lists, summaries)."""
+        exclude = None if include_per_sample else {"per_epsilon": {"__all__": {"per_sample"}}}
+        body: dict[str, Any] = self.model_dump(mode="json", exclude=exclude)
+        return body
