@@ -15,6 +15,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from robaudit.cli import main
 from robustness.backends.torch_backend import TorchBackend
 from robustness.errors import ModelRejected
 from robustness.loading import load
@@ -184,3 +185,14 @@ def test_a_contrib_op_without_a_lowering_is_refused_naming_the_ones_we_lower() -
     node = _op("Attention", ["x"])
     with pytest.raises(ModelRejected, match=r"com\.microsoft\.Attention.*FusedConv"):
         load_model_bytes(_graph(node, VEC, {}).SerializeToString())
+
+
+def test_check_shows_the_rewrites_and_the_converter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "optimised.onnx"
+    path.write_bytes(_ort_optimised(tmp_path, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED))
+    assert main(["check", str(path)]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note")]
+    assert any("com.microsoft" in n and "rewritten to standard ops (checked)" in n for n in notes)
+    assert any("converted to torch by" in n for n in notes)
