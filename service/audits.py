@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from infra.config import Settings
 from infra.dispatch import settle
-from infra.persistence.models import TERMINAL, Audit, AuditStatus, Model, utcnow
+from infra.persistence.models import TERMINAL, Audit, AuditStatus, Dataset, Model, utcnow
 from robustness.config import AuditConfig
 from robustness.cost import estimate_cost
 from robustness.datasets import DatasetFacts, check_fit
@@ -44,42 +44,18 @@ def create_audit(
 ) -> tuple[Audit, bool]:
     """(audit, created). Replays of an Idempotency-Key and identical succeeded audits are reused;
     a new audit must fit the operator's caps (service/limits.py: 422, 429)."""
-    if idempotency_key:
-        replay = session.scalar(
-            select(Audit).where(
-                Audit.tenant_id == tenant_id, Audit.idempotency_key == idempotency_key
-            )
-        )
-        if replay is not None:
-            return replay, False
+    replay = _replay(session, tenant_id, idempotency_key)
+    if replay is not None:
+        return replay, False
     model = get_model(session=session, tenant_id=tenant_id, model_id=model_id)
     dataset = get_dataset(session=session, tenant_id=tenant_id, dataset_id=dataset_id)
-    check_fit(
-        model.intake["input"],
-        model.intake["output"]["num_classes"],
-        model.input_range,
-        DatasetFacts(
-            dataset.n, dataset.shape, dataset.dtype, dataset.num_classes, dataset.value_range
-        ),
-    )
+    _check_fit(model, dataset)
     cfg = config.model_dump(mode="json")
     limits.check_ranges(cfg, model.input_range, math.prod(dataset.shape))
     digest = config_hash(cfg)
-    if not force:
-        done = session.scalar(
-            select(Audit)
-            .where(
-                Audit.tenant_id == tenant_id,
-                Audit.model_id == model.id,
-                Audit.dataset_id == dataset.id,
-                Audit.config_hash == digest,
-                Audit.status == AuditStatus.SUCCEEDED.value,
-            )
-            .order_by(Audit.created_at.desc())
-            .limit(1)
-        )
-        if done is not None:
-            return done, False
+    done = None if force else _same_succeeded(session, tenant_id, model, dataset, digest)
+    if done is not None:
+        return done, False
     budget = limits.budget_of(
         session, settings=settings, tenant_id=tenant_id, model=model, config=cfg, n=dataset.n
     )
@@ -100,15 +76,50 @@ def create_audit(
             session.add(audit)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the insert: replay it.
-        replay = session.scalar(
-            select(Audit).where(
-                Audit.tenant_id == tenant_id, Audit.idempotency_key == idempotency_key
-            )
-        )
+        replay = _replay(session, tenant_id, idempotency_key)
         if replay is None:
             raise
         return replay, False
     return audit, True
+
+
+def _replay(session: Session, tenant_id: str, idempotency_key: str | None) -> Audit | None:
+    """The audit an earlier request with this Idempotency-Key created, if any."""
+    if not idempotency_key:
+        return None
+    return session.scalar(
+        select(Audit).where(Audit.tenant_id == tenant_id, Audit.idempotency_key == idempotency_key)
+    )
+
+
+def _check_fit(model: Model, dataset: Dataset) -> None:
+    """The dataset's samples, labels and values fit the model's input, classes and range."""
+    check_fit(
+        model.intake["input"],
+        model.intake["output"]["num_classes"],
+        model.input_range,
+        DatasetFacts(
+            dataset.n, dataset.shape, dataset.dtype, dataset.num_classes, dataset.value_range
+        ),
+    )
+
+
+def _same_succeeded(
+    session: Session, tenant_id: str, model: Model, dataset: Dataset, digest: str
+) -> Audit | None:
+    """The latest succeeded audit of the same model, dataset and config, to reuse."""
+    return session.scalar(
+        select(Audit)
+        .where(
+            Audit.tenant_id == tenant_id,
+            Audit.model_id == model.id,
+            Audit.dataset_id == dataset.id,
+            Audit.config_hash == digest,
+            Audit.status == AuditStatus.SUCCEEDED.value,
+        )
+        .order_by(Audit.created_at.desc())
+        .limit(1)
+    )
 
 
 def get_audit(*, session: Session, tenant_id: str, audit_id: str) -> Audit:
