@@ -16,7 +16,9 @@ parent (an API or Celery worker process) never does that work itself. It starts
 
 Functions run there are named `"module:function"` and called as `function(payload, emit)`;
 payload, events and the return value are JSON, so nothing the child sends can run code in
-the parent. A child that hit a limit, crashed or was stopped is never reused.
+the parent. A child that hit a limit, crashed or was stopped is never reused. A spare
+child (`prestart`) may do its imports before its first call; it reads no request before
+its limits and Landlock apply.
 
 Example::
 
@@ -123,6 +125,12 @@ class Sandbox:
         self._readable: tuple[str, ...] = ()
         self._workdir: Path | None = None
         self._log: IO[bytes] | None = None
+        self._code: tuple[Path, list[str]] = (Path(), [])
+        self._library_path: list[str] = []
+        self._buffer = b""  # bytes read past a spare's "preloaded" line
+        self._set_up = False  # False: no child, or a spare waiting for its setup message
+        self._preloaded: float | None = None
+        self.spawn_threads = limits.threads  # fixed at spawn (the child's environment)
         self.landlock_abi = 0
 
     def __enter__(self) -> Sandbox:
@@ -145,10 +153,16 @@ class Sandbox:
         should_stop: StopFn | None = None,
     ) -> Any:
         """Run `target(payload, emit)` in the child and return its JSON value."""
-        wanted = tuple(sorted(str(Path(p).resolve()) for p in readable))
-        if self._proc is None or self._proc.poll() is not None or wanted != self._readable:
+        wanted = _resolved(readable)
+        if (
+            self._proc is None
+            or self._proc.poll() is not None
+            or (self._set_up and wanted != self._readable)
+        ):
             self.close()
-            self._start(wanted)
+            self._spawn(None)
+        if not self._set_up:
+            self._setup(wanted)
         assert self._requests is not None
         line = json.dumps({"target": target, "payload": payload}).encode() + b"\n"
         try:
@@ -164,6 +178,35 @@ class Sandbox:
             self.close()  # a child that hit a limit, crashed or was stopped is never reused
             raise
 
+    def serves(self, readable: Sequence[Path]) -> bool:
+        """Whether a live, set-up child already reads exactly these paths (its caches hold)."""
+        alive = self._proc is not None and self._proc.poll() is None
+        return alive and self._set_up and _resolved(readable) == self._readable
+
+    def prestart(self, preload: str) -> None:
+        """Start a spare child now: it runs `preload` (trusted imports) in its clean
+        environment, then waits for its first call, which sets its limits and paths."""
+        if self._proc is None:
+            self._spawn(preload)
+
+    def wait_preloaded(self, timeout_s: float = START_WALL_S) -> float | None:
+        """Seconds the spare's preload took, once it is done; None if it died or overran
+        (then it is closed, and the next call starts a child the ordinary way)."""
+        if self._preloaded is not None or self._proc is None or self._set_up:
+            return self._preloaded
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if select.select([self._responses], [], [], POLL_S)[0]:
+                line = self._read_line()
+                if line is not None and line.get("type") == "preloaded":
+                    self._preloaded = float(line.get("seconds", 0.0))
+                    return self._preloaded
+                break
+            if self._proc.poll() is not None:
+                break
+        self.close()
+        return None
+
     def close(self) -> None:
         """Kill the child (if any) and remove its working directory."""
         if self._proc is not None:
@@ -178,12 +221,12 @@ class Sandbox:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
         self._proc, self._requests, self._log, self._workdir = None, None, None, None
-        self._responses = -1
+        self._responses, self._buffer, self._set_up, self._preloaded = -1, b"", False, None
 
-    def _start(self, readable: tuple[str, ...]) -> None:
+    def _spawn(self, preload: str | None) -> None:
         workdir = Path(tempfile.mkdtemp(prefix="robaudit-sandbox-", dir=self.base_dir))
-        code_dir, code_read = _link_project(workdir / ".code")
-        library_path = _library_path()
+        self._code = _link_project(workdir / ".code")
+        self._library_path = _library_path()
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
         self._log = tempfile.TemporaryFile(dir=self.base_dir)  # noqa: SIM115 (lives with the child)
@@ -193,14 +236,16 @@ class Sandbox:
             PATH=os.defpath,
             HOME=str(workdir),
             TMPDIR=str(workdir),
-            PYTHONPATH=os.pathsep.join([str(code_dir), *library_path]),
+            PYTHONPATH=os.pathsep.join([str(self._code[0]), *self._library_path]),
             PYTHONDONTWRITEBYTECODE="1",
             OMP_NUM_THREADS=threads,
             MKL_NUM_THREADS=threads,
             OPENBLAS_NUM_THREADS=threads,
         )
+        argv = [sys.executable, "-s", "-m", "infra.sandbox_child", str(req_r), str(resp_w)]
+        argv += [str(os.getpid()), *([preload] if preload else [])]
         self._proc = subprocess.Popen(
-            [sys.executable, "-s", "-m", "infra.sandbox_child", str(req_r), str(resp_w)],
+            argv,
             cwd=workdir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -212,24 +257,44 @@ class Sandbox:
         os.close(req_r)
         os.close(resp_w)
         self._requests = os.fdopen(req_w, "wb")
-        self._responses, self._readable, self._workdir = resp_r, readable, workdir
+        self._responses, self._workdir = resp_r, workdir
+        self.spawn_threads = self.limits.threads
+
+    def _setup(self, readable: tuple[str, ...]) -> None:
+        """The limits, from this moment's `self.limits`, and the paths the child may read."""
+        assert self._requests is not None
+        assert self._workdir is not None
+        code_dir, code_read = self._code
         setup = {
-            "parent_pid": os.getpid(),
             "memory_bytes": self.limits.memory_bytes,
             "address_space_cap": self.limits.address_space_cap,
             "max_file_bytes": self.limits.max_file_bytes,
             "landlock": self.limits.landlock,
-            "workdir": str(workdir),
+            "workdir": str(self._workdir),
             "code_dir": str(code_dir),
             "code_read": code_read,
-            "library_path": library_path,
+            "library_path": self._library_path,
             "prefixes": sorted({sys.prefix, sys.base_prefix, sys.exec_prefix}),
             "readable": list(readable),
         }
-        self._requests.write(json.dumps(setup).encode() + b"\n")
-        self._requests.flush()
+        try:
+            self._requests.write(json.dumps(setup).encode() + b"\n")
+            self._requests.flush()
+        except BrokenPipeError:
+            pass  # the child died; _wait says how
         ready = self._wait(None, None, start_up=True)
         self.landlock_abi = int(ready.get("landlock", 0))
+        self._readable, self._set_up = readable, True
+
+    def _read_line(self) -> dict[str, Any] | None:
+        """One short message from a child that is not yet serving (a spare's preload)."""
+        chunk = os.read(self._responses, 4096)
+        self._buffer += chunk
+        if b"\n" not in self._buffer:
+            return None
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        message: dict[str, Any] = json.loads(line)
+        return message
 
     def _wait(
         self, on_event: EventFn | None, should_stop: StopFn | None, start_up: bool = False
@@ -239,7 +304,8 @@ class Sandbox:
         assert self._proc is not None
         started, cpu_start = time.monotonic(), _cpu_seconds(self._proc.pid)
         wall = max(self.limits.wall_seconds, START_WALL_S) if start_up else None
-        buffer, peak_vm, checked = b"", 0, started
+        buffer, peak_vm, checked = self._buffer, 0, started
+        self._buffer = b""
         while True:
             readable, _, _ = select.select([self._responses], [], [], POLL_S)
             if readable:
@@ -257,6 +323,8 @@ class Sandbox:
                         on_event(message["event"])
                     elif kind == "error":
                         raise self._raised(message["kind"], message["message"])
+                    elif kind == "preloaded":
+                        self._preloaded = float(message.get("seconds", 0.0))
                     elif kind == "result" or (kind == "ready" and start_up):
                         self._check_limits(started, cpu_start, None, wall)
                         return message if start_up else message["value"]
@@ -317,6 +385,10 @@ def run_sandboxed(
         return sandbox.call(
             target, payload, readable=readable, on_event=on_event, should_stop=should_stop
         )
+
+
+def _resolved(paths: Sequence[Path]) -> tuple[str, ...]:
+    return tuple(sorted(str(Path(p).resolve()) for p in paths))
 
 
 def _link_project(code_dir: Path) -> tuple[Path, list[str]]:

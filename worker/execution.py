@@ -143,8 +143,11 @@ class _Beat:
     stage: str | None = None
     dirty: bool = False
     last: float = 0.0
+    loaded_at: float | None = None  # when the child had the model and data (timing log)
 
     def on_event(self, event: dict[str, Any]) -> None:
+        if event.get("stage") == "loaded" and self.loaded_at is None:
+            self.loaded_at = time.monotonic()
         if "done" in event:
             self.done = int(event["done"])
         if "stage" in event:
@@ -183,6 +186,7 @@ def execute_shard(
     worker: str,
 ) -> Outcome:
     """Lease one shard and run it in a sandbox child; store its result or end the audit."""
+    began = time.monotonic()
     claim = leases.claim_shard(session, audit_id, position, worker, settings.stale_after_s)
     if claim is None:
         return "skipped"
@@ -204,6 +208,7 @@ def execute_shard(
     payload = _payload(store, settings, audit, claim, position)
     session.commit()  # no transaction stays open while the child runs
     beat = _Beat(session, audit_id, claim.shard_id, worker, settings.heartbeat_s)
+    called = time.monotonic()
     try:
         body = runner.call(
             "worker.sandboxed:run_shard",
@@ -216,7 +221,31 @@ def execute_shard(
         )
     except runner.SandboxError as exc:
         return _ended(session, settings, audit_id, claim, worker, label, exc)
-    return _store(session, store, settings, audit_id, claim, worker, body)
+    returned = time.monotonic()
+    outcome = _store(session, store, settings, audit_id, claim, worker, body)
+    _log_timing(audit_id, position, body, began, called, beat.loaded_at or called, returned)
+    return outcome
+
+
+def _log_timing(
+    audit_id: str,
+    position: int,
+    body: dict[str, Any],
+    began: float,
+    called: float,
+    loaded: float,
+    returned: float,
+) -> None:
+    """Where a shard's wall time went (benchmarks/bench_scaleout.py sums these lines):
+    lease (database), child start and model load, engine, the rest of the call, store."""
+    engine_s = sum(body.get("stage_seconds", {}).values())
+    log.info(
+        "shard timing audit=%s position=%d lease_s=%.3f load_s=%.3f engine_s=%.3f "
+        "call_other_s=%.3f store_s=%.3f total_s=%.3f",
+        audit_id, position, called - began, loaded - called, engine_s,
+        max(0.0, returned - loaded - engine_s), time.monotonic() - returned,
+        time.monotonic() - began,
+    )  # fmt: skip
 
 
 def _payload(

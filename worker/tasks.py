@@ -12,7 +12,13 @@ import os
 import socket
 from typing import Any
 
-from celery.signals import worker_init, worker_process_init, worker_shutting_down
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
@@ -20,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from infra.persistence.models import TERMINAL, Audit, AuditShard, utcnow
 from infra.queue import INSPECT_MODEL, RUN_AUDIT, RUN_SHARD
-from worker import execution, inspection, leases
+from worker import execution, inspection, leases, runner
 from worker.base import RobauditTask
 from worker.celery_app import app
 from worker.threads import torch_threads
@@ -110,6 +116,25 @@ def _set_threads(**_kwargs: Any) -> None:
     log.info("torch threads: %d", threads)
 
 
+@worker_ready.connect
+@worker_process_init.connect
+def _warm_sandbox(sender: Any = None, **_kwargs: Any) -> None:
+    """A spare sandbox child imports torch now, so the first shard of a new (model,
+    dataset) pair does not wait for it (worker/runner.py). In the process that runs tasks:
+    the solo pool's main process, or each prefork child."""
+    from infra.config import Settings
+
+    pool = getattr(sender, "pool", None)
+    if pool is not None and not type(pool).__module__.endswith(".solo"):
+        return  # a prefork main process runs no task; its children warm their own
+    runner.prestart_in_background(torch_threads(Settings.from_env()))
+
+
 @worker_shutting_down.connect
 def _stop_shards(**_kwargs: Any) -> None:
     execution.SHUTDOWN.set()
+
+
+@worker_shutdown.connect
+def _close_sandboxes(**_kwargs: Any) -> None:
+    runner.close()
