@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from infra.config import Settings
-from infra.dispatch import settle
+from infra.dispatch import settle, shown_status, status_and_stage
 from infra.persistence.models import TERMINAL, Audit, AuditStatus, Model, utcnow
 from robustness.cost import estimate_cost
 from robustness.datasets import DatasetFacts, check_fit
@@ -134,7 +134,7 @@ def list_audits(
     if model_name:
         stmt = stmt.join(Model, Model.id == Audit.model_id).where(Model.name == model_name)
     if status:
-        stmt = stmt.where(Audit.status == status)
+        stmt = stmt.where(shown_status() == status)
     if created_after:
         stmt = stmt.where(Audit.created_at > created_after)
     if created_before:
@@ -211,16 +211,20 @@ def eta_seconds(row: Audit) -> float | None:
 
 
 def audit_json(row: Audit) -> dict[str, Any]:
+    session = object_session(row)
+    status, stage = (row.status, row.stage)
+    if session is not None and row.status == AuditStatus.RUNNING.value:
+        status, stage = status_and_stage(session, row.id)  # `queued` while no shard runs
     return {
         "id": row.id,
         "model_id": row.model_id,
         "dataset_id": row.dataset_id,
         "config": row.config,
-        "status": row.status,
+        "status": status,
         "progress": {
             "done": row.progress_done,
             "total": row.progress_total,
-            "stage": row.stage,
+            "stage": stage,
             "eta_seconds": eta_seconds(row),
         },
         "created_at": row.created_at.isoformat(),

@@ -6,10 +6,11 @@ import base64
 import html
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from infra.persistence.models import Audit, AuditShard, AuditStatus, Dataset, Model
+from infra.dispatch import shown_status
+from infra.persistence.models import Audit, AuditStatus, Dataset, Model
 from infra.storage import ArtifactStore
 from robustness.compare import compare
 from service.audits import audit_json, estimate, get_audit
@@ -81,37 +82,15 @@ def compare_audits(
 
 
 def _audit_counts(session: Session, tenant_id: str) -> dict[str, int]:
-    """Audits by status, where `running` means work observed: a leased audit none of whose
-    shards has started (still `pending` with nothing done) is waiting, so it counts as
-    queued (issue 10: /metrics said running 12 while 11 of them waited)."""
-    counts = dict(
-        session.execute(
-            select(Audit.status, func.count())
-            .where(Audit.tenant_id == tenant_id)
-            .group_by(Audit.status)
+    """Audits by the status the API shows: `running` only while one of its shards is
+    leased (issue 10: /metrics said running 12 while 11 of them waited)."""
+    status = shown_status()
+    return {
+        str(k): int(v)
+        for k, v in session.execute(
+            select(status, func.count()).where(Audit.tenant_id == tenant_id).group_by(status)
         ).all()
-    )
-    started = (
-        select(AuditShard.id)
-        .where(
-            AuditShard.audit_id == Audit.id,
-            or_(AuditShard.status != "pending", AuditShard.done > 0),
-        )
-        .exists()
-    )
-    waiting = session.scalar(
-        select(func.count())
-        .select_from(Audit)
-        .where(
-            Audit.tenant_id == tenant_id,
-            Audit.status == AuditStatus.RUNNING.value,
-            ~started,
-        )
-    )
-    if waiting:
-        counts[AuditStatus.RUNNING.value] -= waiting
-        counts[AuditStatus.QUEUED.value] = counts.get(AuditStatus.QUEUED.value, 0) + waiting
-    return counts
+    }
 
 
 def metrics_text(*, session: Session, tenant_id: str) -> str:

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 VERSIONED = ("robaudit", "torch", "onnxruntime", "onnx", "onnx2pytorch", "onnxslim", "numpy")
 # Exception class names from the child that mean "fix your input", not "robaudit broke".
 INPUT_ERRORS = frozenset(c.__name__ for c in (AuditInputError, ModelRejected, DatasetRejected))
-Outcome = Literal["done", "failed", "cancelled", "retry", "released", "skipped"]
+Outcome = Literal["done", "failed", "cancelled", "retry", "released", "skipped", "deferred"]
 # Set when this worker is asked to shut down: running shards are stopped and given back at
 # once (not counted as attempts) so a restarted or another worker takes them over.
 SHUTDOWN = threading.Event()
@@ -187,9 +187,13 @@ def execute_shard(
 ) -> Outcome:
     """Lease one shard and run it in a sandbox child; store its result or end the audit."""
     began = time.monotonic()
-    claim = leases.claim_shard(session, audit_id, position, worker, settings.stale_after_s)
+    claim = leases.claim_shard(
+        session, audit_id, position, worker, settings.stale_after_s, settings.max_running_audits
+    )
     if claim is None:
         return "skipped"
+    if claim == leases.DEFERRED:  # its tenant runs as many audits as it may
+        return "deferred"
     label = _shard_label(position, claim)
     if claim.attempts > settings.max_shard_attempts:
         how = claim.last_error or "its worker stopped heartbeating (killed, out of memory or lost)"

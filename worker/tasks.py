@@ -20,10 +20,12 @@ from celery.signals import (
     worker_shutting_down,
 )
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from infra.config import Settings
+from infra.dispatch import deferred_shards
 from infra.persistence.models import TERMINAL, Audit, AuditShard, utcnow
 from infra.queue import INSPECT_MODEL, RUN_AUDIT, RUN_SHARD
 from worker import execution, inspection, leases, runner
@@ -92,7 +94,22 @@ def run_shard(self: RobauditTask, audit_id: str, position: int) -> str:
         )
         if outcome == "retry":
             send_shards(session, audit_id, [position])
+        if outcome != "deferred":
+            send_deferred(session, self.settings, audit_id)
         return outcome
+
+
+def send_deferred(session: Session, settings: Settings, audit_id: str) -> None:
+    """Send the deferred shards of queued audits of this audit's tenant that may start now
+    (an audit of the tenant may just have ended); nothing when its slots are all taken."""
+    tenant_id = session.scalar(select(Audit.tenant_id).where(Audit.id == audit_id))
+    if tenant_id is None:
+        return
+    by_audit: dict[str, list[int]] = {}
+    for waiting, position in deferred_shards(session, settings, tenant_id):
+        by_audit.setdefault(waiting, []).append(position)
+    for waiting, positions in by_audit.items():
+        send_shards(session, waiting, positions)
 
 
 @app.task(name=INSPECT_MODEL, time_limit=2400, **COMMON)
