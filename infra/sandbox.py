@@ -178,10 +178,13 @@ class Sandbox:
             self.close()  # a child that hit a limit, crashed or was stopped is never reused
             raise
 
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def serves(self, readable: Sequence[Path]) -> bool:
         """Whether a live, set-up child already reads exactly these paths (its caches hold)."""
-        alive = self._proc is not None and self._proc.poll() is None
-        return alive and self._set_up and _resolved(readable) == self._readable
+        return self.alive and self._set_up and _resolved(readable) == self._readable
 
     def prestart(self, preload: str) -> None:
         """Start a spare child now: it runs `preload` (trusted imports) in its clean

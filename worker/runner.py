@@ -103,7 +103,7 @@ def _take_spare(wanted: Limits) -> Sandbox | None:
     global _spare
     with _lock:  # waits for a spare still importing: that is what a fresh child would cost
         spare, _spare = _spare, None
-    if spare is not None and spare.spawn_threads == wanted.threads:
+    if spare is not None and spare.alive and spare.spawn_threads == wanted.threads:
         spare.limits = wanted
         return spare
     if spare is not None:
@@ -115,8 +115,11 @@ def prestart(threads: int) -> None:
     """Start the spare child (if none) and wait for its imports; logs how long they took."""
     global _spare
     with _lock:
-        if _spare is not None:
+        if _spare is not None and _spare.alive:
             return
+        if _spare is not None:
+            _spare.close()  # killed while it waited
+            _spare = None
         spare = Sandbox(Limits(threads=threads))
         spare.prestart(PRELOAD)
         seconds = spare.wait_preloaded()
@@ -136,7 +139,7 @@ def prestart_in_background(threads: int) -> None:
 
 def _arm_idle_timer(wanted: Limits) -> None:
     global _idle_timer
-    if _keep_spare and _spare is None:
+    if _keep_spare and (_spare is None or not _spare.alive):
         _idle_timer = threading.Timer(IDLE_S, prestart, args=(wanted.threads,))
         _idle_timer.daemon = True
         _idle_timer.start()
