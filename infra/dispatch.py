@@ -73,14 +73,15 @@ def shown_status() -> ColumnElement[str]:
     return case((waiting, AuditStatus.QUEUED.value), else_=Audit.status)
 
 
-def status_and_stage(session: Session, audit_id: str) -> tuple[str, str | None]:
-    """`shown_status` of one audit, and its stage (WAITING_STAGE while it waits)."""
-    status, stage, working = session.execute(
-        select(Audit.status, Audit.stage, leased()).where(Audit.id == audit_id)
-    ).one()
-    if status == AuditStatus.RUNNING.value and not working:
-        return AuditStatus.QUEUED.value, WAITING_STAGE
-    return str(status), stage
+def waiting(session: Session, audit_id: str) -> bool:
+    """Whether none of the audit's shards is leased now (a `running` row then shows
+    `queued` with WAITING_STAGE; the caller keeps the rest of the row it read)."""
+    working = session.scalar(
+        select(exists().where(
+            AuditShard.audit_id == audit_id, AuditShard.status == ShardStatus.RUNNING.value
+        ))
+    )  # fmt: skip
+    return not working
 
 
 def startable_audits(max_running: int) -> Select[tuple[str]]:

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
 from infra.config import Settings
-from infra.dispatch import settle, shown_status, status_and_stage
+from infra.dispatch import WAITING_STAGE, settle, shown_status, waiting
 from infra.persistence.models import TERMINAL, Audit, AuditStatus, Model, utcnow
 from robustness.cost import estimate_cost
 from robustness.datasets import DatasetFacts, check_fit
@@ -212,9 +212,9 @@ def eta_seconds(row: Audit) -> float | None:
 
 def audit_json(row: Audit) -> dict[str, Any]:
     session = object_session(row)
-    status, stage = (row.status, row.stage)
-    if session is not None and row.status == AuditStatus.RUNNING.value:
-        status, stage = status_and_stage(session, row.id)  # `queued` while no shard runs
+    status, stage = row.status, row.stage
+    if row.status == AuditStatus.RUNNING.value and session is not None and waiting(session, row.id):
+        status, stage = AuditStatus.QUEUED.value, WAITING_STAGE  # `running` only while work runs
     return {
         "id": row.id,
         "model_id": row.model_id,
