@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import select
@@ -44,16 +43,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from infra.sandbox_proc import (
+    MEMORY_HINTS,
+    cpu_time,
+    library_path,
+    link_project,
+    oom_likely,
+    status_kib,
+    tail,
+)
+
 GiB = 1 << 30
-# The project's own top-level packages; only these are linked into the child's import path.
-PROJECT_PACKAGES = ("infra", "service", "worker", "robustness", "robaudit", "tests")
 # Variables a child may inherit: locale, thread-unrelated BLAS workarounds, GPU selection.
 INHERITED_ENV = ("LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CUDA_VISIBLE_DEVICES")
 POLL_S = 0.2
 # Starting a child (Python, then Landlock) is not the caller's work: it gets its own bound.
 START_WALL_S = 60.0
 MAX_MESSAGE_BYTES = 256 << 20
-MEMORY_HINTS = ("bad_alloc", "Failed to allocate", "out of memory", "Cannot allocate memory")
 
 EventFn = Callable[[dict[str, Any]], None]
 StopFn = Callable[[], bool]
@@ -200,11 +206,18 @@ class Sandbox:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if select.select([self._responses], [], [], POLL_S)[0]:
-                line = self._read_line()
-                if line is not None and line.get("type") == "preloaded":
-                    self._preloaded = float(line.get("seconds", 0.0))
-                    return self._preloaded
-                break
+                chunk = os.read(self._responses, 4096)
+                if not chunk:
+                    break  # it died
+                self._buffer += chunk
+                if b"\n" not in self._buffer:
+                    continue
+                line, self._buffer = self._buffer.split(b"\n", 1)
+                message = json.loads(line)
+                if message.get("type") != "preloaded":
+                    break
+                self._preloaded = float(message.get("seconds", 0.0))
+                return self._preloaded
             if self._proc.poll() is not None:
                 break
         self.close()
@@ -228,8 +241,8 @@ class Sandbox:
 
     def _spawn(self, preload: str | None) -> None:
         workdir = Path(tempfile.mkdtemp(prefix="robaudit-sandbox-", dir=self.base_dir))
-        self._code = _link_project(workdir / ".code")
-        self._library_path = _library_path()
+        self._code = link_project(workdir / ".code")
+        self._library_path = library_path()
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
         self._log = tempfile.TemporaryFile(dir=self.base_dir)  # noqa: SIM115 (lives with the child)
@@ -289,23 +302,13 @@ class Sandbox:
         self.landlock_abi = int(ready.get("landlock", 0))
         self._readable, self._set_up = readable, True
 
-    def _read_line(self) -> dict[str, Any] | None:
-        """One short message from a child that is not yet serving (a spare's preload)."""
-        chunk = os.read(self._responses, 4096)
-        self._buffer += chunk
-        if b"\n" not in self._buffer:
-            return None
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        message: dict[str, Any] = json.loads(line)
-        return message
-
     def _wait(
         self, on_event: EventFn | None, should_stop: StopFn | None, start_up: bool = False
     ) -> Any:
         """Relay events until the answer; check the limits at least every POLL_S, and once
         more before an answer is accepted, so a chatty or a quick child cannot skip them."""
         assert self._proc is not None
-        started, cpu_start = time.monotonic(), _cpu_seconds(self._proc.pid)
+        started, cpu_start = time.monotonic(), cpu_time(self._proc.pid)
         wall = max(self.limits.wall_seconds, START_WALL_S) if start_up else None
         buffer, peak_vm, checked = self._buffer, 0, started
         self._buffer = b""
@@ -334,7 +337,7 @@ class Sandbox:
             elif self._proc.poll() is not None:
                 raise self._death(peak_vm)
             if time.monotonic() - checked >= POLL_S:
-                peak_vm = max(peak_vm, _status_kib(self._proc.pid, "VmSize") << 10)
+                peak_vm = max(peak_vm, status_kib(self._proc.pid, "VmSize") << 10)
                 self._check_limits(started, cpu_start, should_stop, wall)
                 checked = time.monotonic()
 
@@ -343,9 +346,9 @@ class Sandbox:
     ) -> None:
         assert self._proc is not None
         limit = None
-        if _status_kib(self._proc.pid, "VmRSS") << 10 > self.limits.memory_bytes:
+        if status_kib(self._proc.pid, "VmRSS") << 10 > self.limits.memory_bytes:
             limit = "memory"
-        elif _cpu_seconds(self._proc.pid) - cpu_start > self.limits.cpu_seconds:
+        elif cpu_time(self._proc.pid) - cpu_start > self.limits.cpu_seconds:
             limit = "cpu"
         elif time.monotonic() - started > (wall or self.limits.wall_seconds):
             limit = "wall"
@@ -365,11 +368,11 @@ class Sandbox:
         assert self._proc is not None
         code = self._proc.wait()
         near_cap = self.limits.address_space_cap and peak_vm >= 0.9 * self.limits.memory_bytes
-        if near_cap or (code == -signal.SIGKILL and _oom_likely(self._log)):
+        if near_cap or (code == -signal.SIGKILL and oom_likely(self._log)):
             return LimitExceeded("memory", _limit_message("memory", self.limits))
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        tail = _tail(self._log)
-        detail = f": {tail}" if tail else ""
+        last = tail(self._log)
+        detail = f": {last}" if last else ""
         return ChildFailed(f"the model's sandbox died ({how}){detail}", code)
 
 
@@ -392,60 +395,3 @@ def run_sandboxed(
 
 def _resolved(paths: Sequence[Path]) -> tuple[str, ...]:
     return tuple(sorted(str(Path(p).resolve()) for p in paths))
-
-
-def _link_project(code_dir: Path) -> tuple[Path, list[str]]:
-    """Links to the project's packages only, so a data dir beside them stays unreadable."""
-    code_dir.mkdir()
-    targets = []
-    for name in PROJECT_PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        package = Path(next(iter(spec.submodule_search_locations))).resolve()
-        (code_dir / name).symlink_to(package, target_is_directory=True)
-        targets.append(str(package))
-    return code_dir, targets
-
-
-def _library_path() -> list[str]:
-    """The parent's import path without the project's checkout (linked instead)."""
-    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    out = []
-    for entry in sys.path:
-        path = Path(entry or os.getcwd()).resolve()
-        if any(path == p or p in path.parents for p in prefixes) and path.exists():
-            out.append(str(path))
-    return out
-
-
-def _status_kib(pid: int, field: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _tail(log: IO[bytes] | None, size: int = 1500) -> str:
-    if log is None:
-        return ""
-    log.seek(0, os.SEEK_END)
-    log.seek(max(0, log.tell() - size))
-    return log.read().decode(errors="replace").strip()[-size:]
-
-
-def _oom_likely(log: IO[bytes] | None) -> bool:
-    return any(hint in _tail(log) for hint in MEMORY_HINTS)
