@@ -45,6 +45,7 @@ from typing import IO, Any
 
 from infra.sandbox_proc import (
     MEMORY_HINTS,
+    PRELOADED,
     cpu_time,
     library_path,
     link_project,
@@ -133,9 +134,7 @@ class Sandbox:
         self._log: IO[bytes] | None = None
         self._code: tuple[Path, list[str]] = (Path(), [])
         self._library_path: list[str] = []
-        self._buffer = b""  # bytes read past a spare's "preloaded" line
         self._set_up = False  # False: no child, or a spare waiting for its setup message
-        self._preloaded: float | None = None
         self.spawn_threads = limits.threads  # fixed at spawn (the child's environment)
         self.landlock_abi = 0
 
@@ -168,7 +167,7 @@ class Sandbox:
             self.close()
             self._spawn(None)
         if not self._set_up:
-            self._setup(wanted)
+            self._setup(wanted, should_stop)
         assert self._requests is not None
         line = json.dumps({"target": target, "payload": payload}).encode() + b"\n"
         try:
@@ -199,28 +198,18 @@ class Sandbox:
             self._spawn(preload)
 
     def wait_preloaded(self, timeout_s: float = START_WALL_S) -> float | None:
-        """Seconds the spare's preload took, once it is done; None if it died or overran
-        (then it is closed, and the next call starts a child the ordinary way)."""
-        if self._preloaded is not None or self._proc is None or self._set_up:
-            return self._preloaded
+        """Seconds the spare's preload took, once it is done; None if it died, overran or was
+        taken meanwhile. Reads only its marker file: safe beside a call on another thread."""
+        proc, workdir = self._proc, self._workdir
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if select.select([self._responses], [], [], POLL_S)[0]:
-                chunk = os.read(self._responses, 4096)
-                if not chunk:
-                    break  # it died
-                self._buffer += chunk
-                if b"\n" not in self._buffer:
-                    continue
-                line, self._buffer = self._buffer.split(b"\n", 1)
-                message = json.loads(line)
-                if message.get("type") != "preloaded":
-                    break
-                self._preloaded = float(message.get("seconds", 0.0))
-                return self._preloaded
-            if self._proc.poll() is not None:
-                break
-        self.close()
+        while proc is not None and workdir is not None and time.monotonic() < deadline:
+            try:
+                return float((workdir / PRELOADED).read_text())
+            except (OSError, ValueError):
+                pass
+            if proc.poll() is not None:
+                return None
+            time.sleep(POLL_S)
         return None
 
     def close(self) -> None:
@@ -237,7 +226,7 @@ class Sandbox:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
         self._proc, self._requests, self._log, self._workdir = None, None, None, None
-        self._responses, self._buffer, self._set_up, self._preloaded = -1, b"", False, None
+        self._responses, self._set_up = -1, False
 
     def _spawn(self, preload: str | None) -> None:
         workdir = Path(tempfile.mkdtemp(prefix="robaudit-sandbox-", dir=self.base_dir))
@@ -276,7 +265,7 @@ class Sandbox:
         self._responses, self._workdir = resp_r, workdir
         self.spawn_threads = self.limits.threads
 
-    def _setup(self, readable: tuple[str, ...]) -> None:
+    def _setup(self, readable: tuple[str, ...], should_stop: StopFn | None = None) -> None:
         """The limits, from this moment's `self.limits`, and the paths the child may read."""
         assert self._requests is not None
         assert self._workdir is not None
@@ -298,7 +287,8 @@ class Sandbox:
             self._requests.flush()
         except BrokenPipeError:
             pass  # the child died; _wait says how
-        ready = self._wait(None, None, start_up=True)
+        # a spare may still be importing: the caller heartbeats and may cancel meanwhile
+        ready = self._wait(None, should_stop, start_up=True)
         self.landlock_abi = int(ready.get("landlock", 0))
         self._readable, self._set_up = readable, True
 
@@ -310,8 +300,7 @@ class Sandbox:
         assert self._proc is not None
         started, cpu_start = time.monotonic(), cpu_time(self._proc.pid)
         wall = max(self.limits.wall_seconds, START_WALL_S) if start_up else None
-        buffer, peak_vm, checked = self._buffer, 0, started
-        self._buffer = b""
+        buffer, peak_vm, checked = b"", 0, started
         while True:
             readable, _, _ = select.select([self._responses], [], [], POLL_S)
             if readable:
@@ -329,8 +318,6 @@ class Sandbox:
                         on_event(message["event"])
                     elif kind == "error":
                         raise self._raised(message["kind"], message["message"])
-                    elif kind == "preloaded":
-                        self._preloaded = float(message.get("seconds", 0.0))
                     elif kind == "result" or (kind == "ready" and start_up):
                         self._check_limits(started, cpu_start, None, wall)
                         return message if start_up else message["value"]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from infra import landlock
+from infra.sandbox_proc import PRELOADED
 
 # What a Python process with torch and onnxruntime reads outside its own installation.
 SYSTEM_READ = (
@@ -107,13 +108,13 @@ def _serve(requests: IO[bytes], responses: IO[bytes]) -> None:
             send({"type": "error", "kind": type(exc).__name__, "message": str(exc)[:4000]})
 
 
-def _preload(target: str, responses: IO[bytes]) -> None:
-    """Trusted warm-up before any request: import what the targets will need."""
+def _preload(target: str) -> None:
+    """Trusted warm-up before any request: import what the targets will need. The marker in
+    the working directory tells the parent it is done without a read of the response pipe,
+    which the first call owns."""
     started = time.monotonic()
     _resolve(target)({}, lambda _event: None)
-    seconds = round(time.monotonic() - started, 3)
-    responses.write(json.dumps({"type": "preloaded", "seconds": seconds}).encode() + b"\n")
-    responses.flush()
+    Path(PRELOADED).write_text(f"{time.monotonic() - started:.3f}")
 
 
 def main(argv: list[str]) -> int:
@@ -121,7 +122,7 @@ def main(argv: list[str]) -> int:
     responses = os.fdopen(int(argv[2]), "wb")
     _die_with_parent(int(argv[3]))
     if len(argv) > 4:
-        _preload(argv[4], responses)
+        _preload(argv[4])
     first = requests.readline()
     if not first:
         return 0  # the parent closed a spare it did not need

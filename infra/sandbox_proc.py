@@ -12,6 +12,7 @@ from typing import IO
 MEMORY_HINTS = ("bad_alloc", "Failed to allocate", "out of memory", "Cannot allocate memory")
 # The project's own top-level packages; only these are linked into the child's import path.
 PROJECT_PACKAGES = ("infra", "service", "worker", "robustness", "robaudit", "tests")
+PRELOADED = ".preloaded"  # a spare child writes it in its working directory when warm
 
 
 def link_project(code_dir: Path) -> tuple[Path, list[str]]:

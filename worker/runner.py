@@ -101,7 +101,7 @@ def _spawn_key(lim: Limits) -> Limits:
 
 def _take_spare(wanted: Limits) -> Sandbox | None:
     global _spare
-    with _lock:  # waits for a spare still importing: that is what a fresh child would cost
+    with _lock:
         spare, _spare = _spare, None
     if spare is not None and spare.alive and spare.spawn_threads == wanted.threads:
         spare.limits = wanted
@@ -112,22 +112,22 @@ def _take_spare(wanted: Limits) -> Sandbox | None:
 
 
 def prestart(threads: int) -> None:
-    """Start the spare child (if none) and wait for its imports; logs how long they took."""
+    """Start the spare child (if none), then wait for its imports and log how long they took
+    (the lock is held only to start it: a call may take the spare while it imports)."""
     global _spare
     with _lock:
         if _spare is not None and _spare.alive:
             return
         if _spare is not None:
             _spare.close()  # killed while it waited
-            _spare = None
-        spare = Sandbox(Limits(threads=threads))
-        spare.prestart(PRELOAD)
-        seconds = spare.wait_preloaded()
-        if seconds is None:
-            log.warning("sandbox spare did not preload; new children start cold")
-            return
-        _spare = spare
-    log.info("sandbox spare ready (preloaded in %.2f s)", seconds)
+        _spare = Sandbox(Limits(threads=threads))
+        _spare.prestart(PRELOAD)
+        spare = _spare
+    seconds = spare.wait_preloaded()
+    if seconds is None:
+        log.warning("sandbox spare did not finish its imports (taken, stopped or too slow)")
+    else:
+        log.info("sandbox spare ready (preloaded in %.2f s)", seconds)
 
 
 def prestart_in_background(threads: int) -> None:
