@@ -48,16 +48,22 @@ class Claim:
     last_error: str | None
 
 
-def _over_cap(session: Session, audit_id: str, max_running: int) -> bool:
-    """Whether starting this queued audit would exceed its tenant's running-audit cap.
-
-    Takes the tenant's row lock first (PostgreSQL; SQLite serialises writers anyway), so two
-    workers starting two audits of one tenant at once count each other; held to the commit.
-    """
+def _lock_tenant(session: Session, audit_id: str) -> str | None:
+    """The audit's tenant, its row locked to the commit (PostgreSQL; SQLite serialises
+    writers anyway). Starting an audit and ending one both take it: two workers starting two
+    audits of one tenant count each other, and a shard deferred while an audit ends is
+    deferred before the end commits, so the wake-up after it (worker/tasks.py) sees it."""
     tenant_id = session.scalar(select(Audit.tenant_id).where(Audit.id == audit_id))
+    if tenant_id is not None:
+        session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    return tenant_id
+
+
+def _over_cap(session: Session, audit_id: str, max_running: int) -> bool:
+    """Whether starting this queued audit would exceed its tenant's running-audit cap."""
+    tenant_id = _lock_tenant(session, audit_id)
     if tenant_id is None:
         return False
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
     status = session.scalar(select(Audit.status).where(Audit.id == audit_id))
     if status != AuditStatus.QUEUED.value:
         return False  # started meanwhile (a sibling shard), or ended: the update below decides
@@ -290,6 +296,7 @@ def finish(
     An audit whose cancel was requested ends `cancelled` rather than failed (the user asked),
     and never succeeds.
     """
+    _lock_tenant(session, audit_id)
     where = [Audit.id == audit_id, Audit.status.in_(LIVE)]
     final: Any = status.value
     if status == AuditStatus.SUCCEEDED:
