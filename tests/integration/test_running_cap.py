@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from infra.config import Settings
 from infra.dispatch import WAITING_STAGE, deferred_shards
-from infra.persistence.models import Audit, AuditShard
+from infra.persistence.models import AuditShard
 from infra.storage import ArtifactStore
 from tests.factories.models import cnn_onnx, natural_cnn
 from tests.integration.test_worker_execution import LIGHT, queue_audit, reload
