@@ -9,7 +9,14 @@ notes in benchmarks/README.md:
   over one whole audit, divided by its shards;
 - Redis memory per queued task: INFO used_memory before and after queuing N shard messages
   on a queue no worker consumes;
-- time to plan an audit: write its shard rows, queue one message per shard.
+- time to plan an audit: write its shard rows, queue one message per shard;
+- where each worker's time went, from its "shard timing" log lines (worker/execution.py):
+  lease (database), child setup and load, engine, store, and the idle rest (waiting for
+  messages, finalising), per worker and round.
+
+Workers are long-lived in production, so each round waits until every worker's spare
+sandbox child has done its imports ("sandbox spare ready", worker/runner.py) before it
+submits the audit: the imports are paid while the worker is idle, not by the audit.
 
 Run: `python benchmarks/bench_scaleout.py [--samples 1797] [--shards 8] [--rounds 3]`.
 Writes benchmarks/scaleout.json (raw seconds included) and prints the README rows.
@@ -22,6 +29,7 @@ import io
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -49,6 +57,9 @@ from tests.e2e.conftest import ROBAUDIT, base_env, spawn, stop, wait_http  # noq
 OUT = Path(__file__).resolve().parent / "scaleout.json"
 CONFIG = {"epsilons": [0.1], "steps": 20, "landscape": {"samples": 2, "resolution": 11}}
 STATS = ("xact_commit", "tup_inserted", "tup_updated")
+PHASES = ("lease_s", "load_s", "engine_s", "call_other_s", "store_s", "total_s")
+TIMING = re.compile(r"shard timing audit=(\S+) position=(\d+) " + " ".join(
+    rf"{p}=([0-9.]+)" for p in PHASES))  # fmt: skip
 
 
 def own_session(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[str]:
@@ -70,15 +81,17 @@ class Stack:
         self.work, self.env, self.url, self.key = work, env, url, key
         self.headers = {"Authorization": f"Bearer {key}"}
         self.samples = 1000
+        self.logs: list[Path] = []
 
     @contextmanager
     def workers(self, count: int) -> Iterator[None]:
         env = {**self.env, "OMP_NUM_THREADS": "1", "ROBAUDIT_TORCH_THREADS": "1"}
         logs = [self.work / f"worker-{uuid.uuid4().hex[:6]}.log" for _ in range(count)]
+        self.logs = logs
         procs = [own_session([*ROBAUDIT, "worker"], env, log) for log in logs]
         try:
             deadline = time.monotonic() + 120
-            while not all("ready" in log.read_text() for log in logs):
+            while not all("sandbox spare ready" in log.read_text() for log in logs):
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                     raise RuntimeError("\n".join(log.read_text()[-2000:] for log in logs))
                 time.sleep(0.2)
@@ -189,6 +202,18 @@ def wait_inspected(stack: Stack, model_id: str) -> None:
     raise RuntimeError("the model's inspection did not finish in 300 s")
 
 
+def phases(logs: list[Path], audit_id: str) -> list[dict[str, float]]:
+    """Per worker that ran shards of the audit: its shards and seconds by phase, summed."""
+    out = []
+    for log in logs:
+        rows = [m for m in TIMING.finditer(log.read_text()) if m.group(1) == audit_id]
+        if rows:
+            sums = {p: round(sum(float(m.group(3 + i)) for m in rows), 3)
+                    for i, p in enumerate(PHASES)}  # fmt: skip
+            out.append({"shards": len(rows), **sums})
+    return out
+
+
 def per_sample(audit: dict[str, Any]) -> list[list[float]]:
     return [p["per_sample"] for p in audit["result"]["per_epsilon"]]
 
@@ -202,6 +227,7 @@ def scaleout(stack: Stack, ids: tuple[str, str], rounds: int) -> dict[str, Any]:
     identical = True
     shards = 0
     throughput: list[float] = []
+    breakdown: list[dict[str, Any]] = []
     for r in range(rounds):
         for count in (1, 2) if r % 2 == 0 else (2, 1):
             with stack.workers(count):
@@ -209,6 +235,9 @@ def scaleout(stack: Stack, ids: tuple[str, str], rounds: int) -> dict[str, Any]:
                 seconds, audit, est = stack.run_audit(ids, seed=0)
                 time.sleep(1.5)  # PostgreSQL flushes its statistics up to a second late
                 after = pg_stats(stack.env["DATABASE_URL"])
+            per_worker = phases(stack.logs, audit["id"])
+            breakdown.append({"round": r, "workers": count, "wall_s": round(seconds, 3),
+                              "per_worker": per_worker})  # fmt: skip
             shards = audit["result"]["manifest"]["shards"]
             writes.append({k: (after[k] - before[k]) / shards for k in STATS})
             engine_s = sum(audit["result"]["timing"]["stages"].values())
@@ -220,6 +249,9 @@ def scaleout(stack: Stack, ids: tuple[str, str], rounds: int) -> dict[str, Any]:
             times[count].append(seconds)
             loads.append(os.getloadavg()[0])
             print(f"round {r}: {count} worker(s) {seconds:.1f} s, {shards} shards", flush=True)
+            for w, row in enumerate(per_worker):
+                cells = ", ".join(f"{p[:-2]} {row[p]:.2f}" for p in PHASES)
+                print(f"  worker {w}: {row['shards']} shards; seconds: {cells}", flush=True)
     ratios = [one / two for one, two in zip(times[1], times[2], strict=True)]
     return {
         "seconds": times,
@@ -233,6 +265,9 @@ def scaleout(stack: Stack, ids: tuple[str, str], rounds: int) -> dict[str, Any]:
         "writes_per_shard": {k: statistics.median(w[k] for w in writes) for k in STATS},
         # the estimate's passes over the engine seconds the audit reports (all shards)
         "passes_per_second_engine": statistics.median(throughput),
+        # per round and worker: seconds by phase summed over its shards (worker log lines);
+        # wall_s minus a worker's total_s is its time outside shards (idle, finalising)
+        "phases": breakdown,
     }
 
 

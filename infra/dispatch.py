@@ -7,6 +7,15 @@ The sweeper also takes over shards whose worker stopped heartbeating for
 `Settings.stale_after_s`, and re-sends work whose message a restarted, empty broker lost
 (its queue is empty while rows wait). A duplicate message is harmless: a shard runs only
 under its lease (worker/leases.py).
+
+Two definitions the web layer shares with the workers live here too:
+- the status an audit shows (`shown_status`): `running` only while one of its shards is
+  leased; a started audit none of whose shards is leased shows `queued`, with the stage
+  WAITING_STAGE, in the API and in /metrics alike;
+- which queued audits may start (`startable_audits`): per tenant, the oldest ones that fit
+  under `Settings.max_running_audits` next to its started ones. A worker defers a shard of
+  any other queued audit (worker/leases.py) and the shard's `sent_at` is cleared; it is sent
+  again when a slot frees (worker/tasks.py after each shard, and this sweeper).
 """
 
 from __future__ import annotations
@@ -15,8 +24,20 @@ import logging
 from datetime import timedelta
 
 from celery import Celery
-from sqlalchemy import and_, exists, false, func, or_, select, true, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    exists,
+    false,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
 
 from infra.config import Settings
 from infra.persistence.models import (
@@ -35,6 +56,69 @@ NEVER_SENT_GRACE = timedelta(seconds=5)  # the API sends right after commit; giv
 RESEND_AFTER = timedelta(hours=1)  # a sent message that nobody took, whatever the queue says
 LIVE = (AuditStatus.QUEUED.value, *(s.value for s in ACTIVE))
 WORKER_LOST = "its worker stopped heartbeating (killed, out of memory, or host lost)"
+WAITING_STAGE = "waiting for a worker"
+STARTED = tuple(s.value for s in ACTIVE)  # audits that hold one of their tenant's slots
+
+
+def leased() -> ColumnElement[bool]:
+    """The audit (correlated) has a shard a worker holds right now."""
+    return exists().where(
+        AuditShard.audit_id == Audit.id, AuditShard.status == ShardStatus.RUNNING.value
+    )
+
+
+def shown_status() -> ColumnElement[str]:
+    """The status the API and /metrics show: `running` only while work happens."""
+    waiting = and_(Audit.status == AuditStatus.RUNNING.value, ~leased())
+    return case((waiting, AuditStatus.QUEUED.value), else_=Audit.status)
+
+
+def waiting(session: Session, audit_id: str) -> bool:
+    """Whether none of the audit's shards is leased now (a `running` row then shows
+    `queued` with WAITING_STAGE; the caller keeps the rest of the row it read)."""
+    working = session.scalar(
+        select(exists().where(
+            AuditShard.audit_id == audit_id, AuditShard.status == ShardStatus.RUNNING.value
+        ))
+    )  # fmt: skip
+    return not working
+
+
+def startable_audits(max_running: int) -> Select[tuple[str]]:
+    """Ids of the queued audits that may start now: per tenant, the oldest that fit in the
+    slots its started (running, cancelling) audits leave free."""
+    other = aliased(Audit)
+    started = (
+        select(func.count())
+        .where(other.tenant_id == Audit.tenant_id, other.status.in_(STARTED))
+        .scalar_subquery()
+    )
+    rank = func.row_number().over(
+        partition_by=Audit.tenant_id, order_by=(Audit.created_at, Audit.id)
+    )
+    ranked = (
+        select(Audit.id, rank.label("rank"), started.label("started"))
+        .where(Audit.status == AuditStatus.QUEUED.value, Audit.cancel_requested.is_(False))
+        .subquery()
+    )
+    return select(ranked.c.id).where(ranked.c.rank <= max_running - ranked.c.started)
+
+
+def deferred_shards(session: Session, settings: Settings, tenant_id: str) -> list[tuple[str, int]]:
+    """(audit, position) of the unsent pending shards of this tenant's startable audits."""
+    rows = session.execute(
+        select(AuditShard.audit_id, AuditShard.position)
+        .join(Audit, Audit.id == AuditShard.audit_id)
+        .where(
+            Audit.tenant_id == tenant_id,
+            Audit.id.in_(startable_audits(settings.max_running_audits)),
+            AuditShard.status == ShardStatus.PENDING.value,
+            AuditShard.sent_at.is_(None),
+        )
+        .order_by(Audit.created_at, AuditShard.position)
+    ).all()
+    session.commit()
+    return [(audit_id, int(position)) for audit_id, position in rows]
 
 
 def send_audit(celery: Celery, session: Session, audit_id: str) -> bool:
@@ -121,7 +205,12 @@ def resend_shards(celery: Celery, session: Session, settings: Settings) -> list[
         .where(
             AuditShard.status == ShardStatus.PENDING.value,
             waiting,
-            Audit.status.in_([AuditStatus.QUEUED.value, AuditStatus.RUNNING.value]),
+            or_(
+                Audit.status == AuditStatus.RUNNING.value,
+                # a queued audit over its tenant's cap waits unsent: sending it would only
+                # have a worker defer it again
+                Audit.id.in_(startable_audits(settings.max_running_audits)),
+            ),
             Audit.cancel_requested.is_(False),
         )
         .limit(1000)

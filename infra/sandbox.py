@@ -16,7 +16,9 @@ parent (an API or Celery worker process) never does that work itself. It starts
 
 Functions run there are named `"module:function"` and called as `function(payload, emit)`;
 payload, events and the return value are JSON, so nothing the child sends can run code in
-the parent. A child that hit a limit, crashed or was stopped is never reused.
+the parent. A child that hit a limit, crashed or was stopped is never reused. A spare
+child (`prestart`) may do its imports before its first call; it reads no request before
+its limits and Landlock apply.
 
 Example::
 
@@ -27,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import select
@@ -42,16 +43,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from infra.sandbox_proc import (
+    MEMORY_HINTS,
+    PRELOADED,
+    cpu_time,
+    library_path,
+    link_project,
+    oom_likely,
+    status_kib,
+    tail,
+)
+
 GiB = 1 << 30
-# The project's own top-level packages; only these are linked into the child's import path.
-PROJECT_PACKAGES = ("infra", "service", "worker", "robustness", "robaudit", "tests")
 # Variables a child may inherit: locale, thread-unrelated BLAS workarounds, GPU selection.
 INHERITED_ENV = ("LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CUDA_VISIBLE_DEVICES")
 POLL_S = 0.2
 # Starting a child (Python, then Landlock) is not the caller's work: it gets its own bound.
 START_WALL_S = 60.0
 MAX_MESSAGE_BYTES = 256 << 20
-MEMORY_HINTS = ("bad_alloc", "Failed to allocate", "out of memory", "Cannot allocate memory")
 
 EventFn = Callable[[dict[str, Any]], None]
 StopFn = Callable[[], bool]
@@ -123,6 +132,10 @@ class Sandbox:
         self._readable: tuple[str, ...] = ()
         self._workdir: Path | None = None
         self._log: IO[bytes] | None = None
+        self._code: tuple[Path, list[str]] = (Path(), [])
+        self._library_path: list[str] = []
+        self._set_up = False  # False: no child, or a spare waiting for its setup message
+        self.spawn_threads = limits.threads  # fixed at spawn (the child's environment)
         self.landlock_abi = 0
 
     def __enter__(self) -> Sandbox:
@@ -145,10 +158,16 @@ class Sandbox:
         should_stop: StopFn | None = None,
     ) -> Any:
         """Run `target(payload, emit)` in the child and return its JSON value."""
-        wanted = tuple(sorted(str(Path(p).resolve()) for p in readable))
-        if self._proc is None or self._proc.poll() is not None or wanted != self._readable:
+        wanted = _resolved(readable)
+        if (
+            self._proc is None
+            or self._proc.poll() is not None
+            or (self._set_up and wanted != self._readable)
+        ):
             self.close()
-            self._start(wanted)
+            self._spawn(None)
+        if not self._set_up:
+            self._setup(wanted, should_stop)
         assert self._requests is not None
         line = json.dumps({"target": target, "payload": payload}).encode() + b"\n"
         try:
@@ -164,6 +183,35 @@ class Sandbox:
             self.close()  # a child that hit a limit, crashed or was stopped is never reused
             raise
 
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def serves(self, readable: Sequence[Path]) -> bool:
+        """Whether a live, set-up child already reads exactly these paths (its caches hold)."""
+        return self.alive and self._set_up and _resolved(readable) == self._readable
+
+    def prestart(self, preload: str) -> None:
+        """Start a spare child now: it runs `preload` (trusted imports) in its clean
+        environment, then waits for its first call, which sets its limits and paths."""
+        if self._proc is None:
+            self._spawn(preload)
+
+    def wait_preloaded(self, timeout_s: float = START_WALL_S) -> float | None:
+        """Seconds the spare's preload took, once it is done; None if it died, overran or was
+        taken meanwhile. Reads only its marker file: safe beside a call on another thread."""
+        proc, workdir = self._proc, self._workdir
+        deadline = time.monotonic() + timeout_s
+        while proc is not None and workdir is not None and time.monotonic() < deadline:
+            try:
+                return float((workdir / PRELOADED).read_text())
+            except (OSError, ValueError):
+                pass
+            if proc.poll() is not None:
+                return None
+            time.sleep(POLL_S)
+        return None
+
     def close(self) -> None:
         """Kill the child (if any) and remove its working directory."""
         if self._proc is not None:
@@ -178,12 +226,12 @@ class Sandbox:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
         self._proc, self._requests, self._log, self._workdir = None, None, None, None
-        self._responses = -1
+        self._responses, self._set_up = -1, False
 
-    def _start(self, readable: tuple[str, ...]) -> None:
+    def _spawn(self, preload: str | None) -> None:
         workdir = Path(tempfile.mkdtemp(prefix="robaudit-sandbox-", dir=self.base_dir))
-        code_dir, code_read = _link_project(workdir / ".code")
-        library_path = _library_path()
+        self._code = link_project(workdir / ".code")
+        self._library_path = library_path()
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
         self._log = tempfile.TemporaryFile(dir=self.base_dir)  # noqa: SIM115 (lives with the child)
@@ -193,14 +241,16 @@ class Sandbox:
             PATH=os.defpath,
             HOME=str(workdir),
             TMPDIR=str(workdir),
-            PYTHONPATH=os.pathsep.join([str(code_dir), *library_path]),
+            PYTHONPATH=os.pathsep.join([str(self._code[0]), *self._library_path]),
             PYTHONDONTWRITEBYTECODE="1",
             OMP_NUM_THREADS=threads,
             MKL_NUM_THREADS=threads,
             OPENBLAS_NUM_THREADS=threads,
         )
+        argv = [sys.executable, "-s", "-m", "infra.sandbox_child", str(req_r), str(resp_w)]
+        argv += [str(os.getpid()), *([preload] if preload else [])]
         self._proc = subprocess.Popen(
-            [sys.executable, "-s", "-m", "infra.sandbox_child", str(req_r), str(resp_w)],
+            argv,
             cwd=workdir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -212,24 +262,35 @@ class Sandbox:
         os.close(req_r)
         os.close(resp_w)
         self._requests = os.fdopen(req_w, "wb")
-        self._responses, self._readable, self._workdir = resp_r, readable, workdir
+        self._responses, self._workdir = resp_r, workdir
+        self.spawn_threads = self.limits.threads
+
+    def _setup(self, readable: tuple[str, ...], should_stop: StopFn | None = None) -> None:
+        """The limits, from this moment's `self.limits`, and the paths the child may read."""
+        assert self._requests is not None
+        assert self._workdir is not None
+        code_dir, code_read = self._code
         setup = {
-            "parent_pid": os.getpid(),
             "memory_bytes": self.limits.memory_bytes,
             "address_space_cap": self.limits.address_space_cap,
             "max_file_bytes": self.limits.max_file_bytes,
             "landlock": self.limits.landlock,
-            "workdir": str(workdir),
+            "workdir": str(self._workdir),
             "code_dir": str(code_dir),
             "code_read": code_read,
-            "library_path": library_path,
+            "library_path": self._library_path,
             "prefixes": sorted({sys.prefix, sys.base_prefix, sys.exec_prefix}),
             "readable": list(readable),
         }
-        self._requests.write(json.dumps(setup).encode() + b"\n")
-        self._requests.flush()
-        ready = self._wait(None, None, start_up=True)
+        try:
+            self._requests.write(json.dumps(setup).encode() + b"\n")
+            self._requests.flush()
+        except BrokenPipeError:
+            pass  # the child died; _wait says how
+        # a spare may still be importing: the caller heartbeats and may cancel meanwhile
+        ready = self._wait(None, should_stop, start_up=True)
         self.landlock_abi = int(ready.get("landlock", 0))
+        self._readable, self._set_up = readable, True
 
     def _wait(
         self, on_event: EventFn | None, should_stop: StopFn | None, start_up: bool = False
@@ -237,7 +298,7 @@ class Sandbox:
         """Relay events until the answer; check the limits at least every POLL_S, and once
         more before an answer is accepted, so a chatty or a quick child cannot skip them."""
         assert self._proc is not None
-        started, cpu_start = time.monotonic(), _cpu_seconds(self._proc.pid)
+        started, cpu_start = time.monotonic(), cpu_time(self._proc.pid)
         wall = max(self.limits.wall_seconds, START_WALL_S) if start_up else None
         buffer, peak_vm, checked = b"", 0, started
         while True:
@@ -263,7 +324,7 @@ class Sandbox:
             elif self._proc.poll() is not None:
                 raise self._death(peak_vm)
             if time.monotonic() - checked >= POLL_S:
-                peak_vm = max(peak_vm, _status_kib(self._proc.pid, "VmSize") << 10)
+                peak_vm = max(peak_vm, status_kib(self._proc.pid, "VmSize") << 10)
                 self._check_limits(started, cpu_start, should_stop, wall)
                 checked = time.monotonic()
 
@@ -272,9 +333,9 @@ class Sandbox:
     ) -> None:
         assert self._proc is not None
         limit = None
-        if _status_kib(self._proc.pid, "VmRSS") << 10 > self.limits.memory_bytes:
+        if status_kib(self._proc.pid, "VmRSS") << 10 > self.limits.memory_bytes:
             limit = "memory"
-        elif _cpu_seconds(self._proc.pid) - cpu_start > self.limits.cpu_seconds:
+        elif cpu_time(self._proc.pid) - cpu_start > self.limits.cpu_seconds:
             limit = "cpu"
         elif time.monotonic() - started > (wall or self.limits.wall_seconds):
             limit = "wall"
@@ -294,11 +355,11 @@ class Sandbox:
         assert self._proc is not None
         code = self._proc.wait()
         near_cap = self.limits.address_space_cap and peak_vm >= 0.9 * self.limits.memory_bytes
-        if near_cap or (code == -signal.SIGKILL and _oom_likely(self._log)):
+        if near_cap or (code == -signal.SIGKILL and oom_likely(self._log)):
             return LimitExceeded("memory", _limit_message("memory", self.limits))
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        tail = _tail(self._log)
-        detail = f": {tail}" if tail else ""
+        last = tail(self._log)
+        detail = f": {last}" if last else ""
         return ChildFailed(f"the model's sandbox died ({how}){detail}", code)
 
 
@@ -319,58 +380,5 @@ def run_sandboxed(
         )
 
 
-def _link_project(code_dir: Path) -> tuple[Path, list[str]]:
-    """Links to the project's packages only, so a data dir beside them stays unreadable."""
-    code_dir.mkdir()
-    targets = []
-    for name in PROJECT_PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        package = Path(next(iter(spec.submodule_search_locations))).resolve()
-        (code_dir / name).symlink_to(package, target_is_directory=True)
-        targets.append(str(package))
-    return code_dir, targets
-
-
-def _library_path() -> list[str]:
-    """The parent's import path without the project's checkout (linked instead)."""
-    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    out = []
-    for entry in sys.path:
-        path = Path(entry or os.getcwd()).resolve()
-        if any(path == p or p in path.parents for p in prefixes) and path.exists():
-            out.append(str(path))
-    return out
-
-
-def _status_kib(pid: int, field: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _tail(log: IO[bytes] | None, size: int = 1500) -> str:
-    if log is None:
-        return ""
-    log.seek(0, os.SEEK_END)
-    log.seek(max(0, log.tell() - size))
-    return log.read().decode(errors="replace").strip()[-size:]
-
-
-def _oom_likely(log: IO[bytes] | None) -> bool:
-    return any(hint in _tail(log) for hint in MEMORY_HINTS)
+def _resolved(paths: Sequence[Path]) -> tuple[str, ...]:
+    return tuple(sorted(str(Path(p).resolve()) for p in paths))

@@ -1,10 +1,15 @@
-"""The sandbox's child process (`python -m infra.sandbox_child REQ_FD RESP_FD`).
+"""The sandbox's child process (`python -m infra.sandbox_child REQ_FD RESP_FD PARENT [PRELOAD]`).
 
 It limits itself before it reads any request, because the requests carry uploaded models:
 rlimits on memory and file size, no core dumps, Landlock on files and TCP, and a thread that
 ends it when its parent dies. Then it runs one requested function at a time and answers in
 JSON lines (infra/sandbox.py holds the protocol and the parent side).
 
+A spare child (infra/sandbox.py `Sandbox.prestart`) first calls PRELOAD, a `module:function`
+named by the parent (never by a request), which imports the heavy modules (torch,
+onnxruntime, the converter: seconds of CPU) before the setup message arrives. That runs
+only the project's own code on no uploaded input, with the clean environment and the empty
+working directory already in place; the limits and Landlock then apply as for any child.
 Nothing here imports torch, Flask or SQLAlchemy: the targets import what they need.
 """
 
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from infra import landlock
+from infra.sandbox_proc import PRELOADED
 
 # What a Python process with torch and onnxruntime reads outside its own installation.
 SYSTEM_READ = (
@@ -102,12 +108,26 @@ def _serve(requests: IO[bytes], responses: IO[bytes]) -> None:
             send({"type": "error", "kind": type(exc).__name__, "message": str(exc)[:4000]})
 
 
+def _preload(target: str) -> None:
+    """Trusted warm-up before any request: import what the targets will need. The marker in
+    the working directory tells the parent it is done without a read of the response pipe,
+    which the first call owns."""
+    started = time.monotonic()
+    _resolve(target)({}, lambda _event: None)
+    Path(PRELOADED).write_text(f"{time.monotonic() - started:.3f}")
+
+
 def main(argv: list[str]) -> int:
     requests = os.fdopen(int(argv[1]), "rb")
     responses = os.fdopen(int(argv[2]), "wb")
-    setup = json.loads(requests.readline())
+    _die_with_parent(int(argv[3]))
+    if len(argv) > 4:
+        _preload(argv[4])
+    first = requests.readline()
+    if not first:
+        return 0  # the parent closed a spare it did not need
+    setup = json.loads(first)
     _self_limit(setup)
-    _die_with_parent(int(setup["parent_pid"]))
     version = _restrict(setup)
     # Imports must find the project through the links in the work directory only.
     sys.path[:] = [setup["code_dir"], *setup["library_path"]]

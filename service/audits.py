@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from infra.config import Settings
-from infra.dispatch import settle
+from infra.dispatch import WAITING_STAGE, settle, shown_status, waiting
 from infra.persistence.models import TERMINAL, Audit, AuditStatus, Dataset, Model, utcnow
 from robustness.config import AuditConfig
 from robustness.cost import estimate_cost
@@ -147,7 +147,7 @@ def list_audits(
     if model_name:
         stmt = stmt.join(Model, Model.id == Audit.model_id).where(Model.name == model_name)
     if status:
-        stmt = stmt.where(Audit.status == status)
+        stmt = stmt.where(shown_status() == status)
     if created_after:
         stmt = stmt.where(Audit.created_at > created_after)
     if created_before:
@@ -228,16 +228,20 @@ def eta_seconds(row: Audit) -> float | None:
 
 
 def audit_out(row: Audit) -> AuditOut:
+    session = object_session(row)
+    status, stage = row.status, row.stage
+    if row.status == AuditStatus.RUNNING.value and session is not None and waiting(session, row.id):
+        status, stage = AuditStatus.QUEUED.value, WAITING_STAGE  # `running` only while work runs
     return AuditOut(
         id=row.id,
         model_id=row.model_id,
         dataset_id=row.dataset_id,
         config=AuditConfig.from_stored(row.config),
-        status=row.status,  # an AuditStatus value, validated
+        status=status,  # an AuditStatus value, validated
         progress=Progress(
             done=row.progress_done,
             total=row.progress_total,
-            stage=row.stage,
+            stage=stage,
             eta_seconds=eta_seconds(row),
         ),
         created_at=row.created_at,

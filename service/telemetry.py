@@ -22,11 +22,11 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from infra.config import Settings
-from infra.dispatch import queue_depth
+from infra.dispatch import queue_depth, shown_status
 from infra.persistence.models import (
     Audit,
     AuditShard,
@@ -190,37 +190,15 @@ class StateCollector(Collector):
 
 
 def audit_counts(session: Session, tenant_id: str) -> dict[str, int]:
-    """Audits by status, where `running` means work observed: a leased audit none of whose
-    shards has started (still `pending` with nothing done) is waiting, so it counts as
-    queued (issue 10: /metrics said running 12 while 11 of them waited).
+    """Audits by the status the API shows: `running` only while one of its shards is leased
+    (issue 10: /metrics said running 12 while 11 of them waited).
 
     Audits are never deleted: an audit of a deleted model stays in the history (and in
     GET /v1/audits), so it is counted; deleted models and datasets are not."""
-    counts = dict(
-        session.execute(
-            select(Audit.status, func.count())
-            .where(Audit.tenant_id == tenant_id)
-            .group_by(Audit.status)
+    status = shown_status()
+    return {
+        str(k): int(v)
+        for k, v in session.execute(
+            select(status, func.count()).where(Audit.tenant_id == tenant_id).group_by(status)
         ).all()
-    )
-    started = (
-        select(AuditShard.id)
-        .where(
-            AuditShard.audit_id == Audit.id,
-            or_(AuditShard.status != ShardStatus.PENDING.value, AuditShard.done > 0),
-        )
-        .exists()
-    )
-    waiting = session.scalar(
-        select(func.count())
-        .select_from(Audit)
-        .where(
-            Audit.tenant_id == tenant_id,
-            Audit.status == AuditStatus.RUNNING.value,
-            ~started,
-        )
-    )
-    if waiting:
-        counts[AuditStatus.RUNNING.value] -= waiting
-        counts[AuditStatus.QUEUED.value] = counts.get(AuditStatus.QUEUED.value, 0) + waiting
-    return counts
+    }

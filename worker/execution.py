@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 VERSIONED = ("robaudit", "torch", "onnxruntime", "onnx", "onnx2pytorch", "onnxslim", "numpy")
 # Exception class names from the child that mean "fix your input", not "robaudit broke".
 INPUT_ERRORS = frozenset(c.__name__ for c in (AuditInputError, ModelRejected, DatasetRejected))
-Outcome = Literal["done", "failed", "cancelled", "retry", "released", "skipped"]
+Outcome = Literal["done", "failed", "cancelled", "retry", "released", "skipped", "deferred"]
 # Set when this worker is asked to shut down: running shards are stopped and given back at
 # once (not counted as attempts) so a restarted or another worker takes them over.
 SHUTDOWN = threading.Event()
@@ -135,8 +135,11 @@ class _Beat:
     stage: str | None = None
     dirty: bool = False
     last: float = 0.0
+    loaded_at: float | None = None  # when the child had the model and data (timing log)
 
     def on_event(self, event: dict[str, Any]) -> None:
+        if event.get("stage") == "loaded" and self.loaded_at is None:
+            self.loaded_at = time.monotonic()
         if "done" in event:
             self.done = int(event["done"])
         if "stage" in event:
@@ -175,9 +178,14 @@ def execute_shard(
     worker: str,
 ) -> Outcome:
     """Lease one shard and run it in a sandbox child; store its result or end the audit."""
-    claim = leases.claim_shard(session, audit_id, position, worker, settings.stale_after_s)
+    began = time.monotonic()
+    claim = leases.claim_shard(
+        session, audit_id, position, worker, settings.stale_after_s, settings.max_running_audits
+    )
     if claim is None:
         return "skipped"
+    if claim == leases.DEFERRED:  # its tenant runs as many audits as it may
+        return "deferred"
     label = _shard_label(position, claim)
     if claim.attempts > settings.max_shard_attempts:
         how = claim.last_error or "its worker stopped heartbeating (killed, out of memory or lost)"
@@ -196,6 +204,7 @@ def execute_shard(
     payload = _payload(store, settings, audit, claim, position)
     session.commit()  # no transaction stays open while the child runs
     beat = _Beat(session, audit_id, claim.shard_id, worker, settings.heartbeat_s)
+    called = time.monotonic()
     try:
         body = runner.call(
             "worker.sandboxed:run_shard",
@@ -208,7 +217,31 @@ def execute_shard(
         )
     except runner.SandboxError as exc:
         return _ended(session, settings, audit_id, claim, worker, label, exc)
-    return _store(session, store, settings, audit_id, claim, worker, body)
+    returned = time.monotonic()
+    outcome = _store(session, store, settings, audit_id, claim, worker, body)
+    _log_timing(audit_id, position, body, began, called, beat.loaded_at or called, returned)
+    return outcome
+
+
+def _log_timing(
+    audit_id: str,
+    position: int,
+    body: dict[str, Any],
+    began: float,
+    called: float,
+    loaded: float,
+    returned: float,
+) -> None:
+    """Where a shard's wall time went (benchmarks/bench_scaleout.py sums these lines):
+    lease (database), child start and model load, engine, the rest of the call, store."""
+    engine_s = sum(body.get("stage_seconds", {}).values())
+    log.info(
+        "shard timing audit=%s position=%d lease_s=%.3f load_s=%.3f engine_s=%.3f "
+        "call_other_s=%.3f store_s=%.3f total_s=%.3f",
+        audit_id, position, called - began, loaded - called, engine_s,
+        max(0.0, returned - loaded - engine_s), time.monotonic() - returned,
+        time.monotonic() - began,
+    )  # fmt: skip
 
 
 def _payload(

@@ -10,23 +10,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from infra.dispatch import settle_cancel
+from infra.dispatch import STARTED, settle_cancel
 from infra.persistence.models import (
     ACTIVE,
     Audit,
     AuditShard,
     AuditStatus,
     ShardStatus,
+    Tenant,
     utcnow,
 )
 
 LIVE = (AuditStatus.QUEUED.value, *(s.value for s in ACTIVE))
-__all__ = ["Claim", "claim_shard", "complete_shard", "finish", "heartbeat", "settle_cancel"]
+DEFERRED: Literal["deferred"] = "deferred"
+__all__ = [
+    "DEFERRED",
+    "Claim",
+    "claim_shard",
+    "complete_shard",
+    "finish",
+    "heartbeat",
+    "settle_cancel",
+]
 
 
 @dataclass(frozen=True)
@@ -38,14 +48,64 @@ class Claim:
     last_error: str | None
 
 
+def _lock_tenant(session: Session, audit_id: str) -> str | None:
+    """The audit's tenant, its row locked to the commit (PostgreSQL; SQLite serialises
+    writers anyway). Starting an audit and ending one both take it: two workers starting two
+    audits of one tenant count each other, and a shard deferred while an audit ends is
+    deferred before the end commits, so the wake-up after it (worker/tasks.py) sees it."""
+    tenant_id = session.scalar(select(Audit.tenant_id).where(Audit.id == audit_id))
+    if tenant_id is not None:
+        session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    return tenant_id
+
+
+def _over_cap(session: Session, audit_id: str, max_running: int) -> bool:
+    """Whether starting this queued audit would exceed its tenant's running-audit cap."""
+    tenant_id = _lock_tenant(session, audit_id)
+    if tenant_id is None:
+        return False
+    status = session.scalar(select(Audit.status).where(Audit.id == audit_id))
+    if status != AuditStatus.QUEUED.value:
+        return False  # started meanwhile (a sibling shard), or ended: the update below decides
+    started = session.scalar(
+        select(func.count()).where(Audit.tenant_id == tenant_id, Audit.status.in_(STARTED))
+    )
+    return int(started or 0) >= max_running
+
+
+def _defer(session: Session, audit_id: str, position: int) -> Literal["deferred"]:
+    """Leave the shard pending and unsent: it is sent again when a slot frees."""
+    session.execute(
+        update(AuditShard)
+        .where(
+            AuditShard.audit_id == audit_id,
+            AuditShard.position == position,
+            AuditShard.status == ShardStatus.PENDING.value,
+        )
+        .values(sent_at=None)
+    )
+    session.commit()
+    return DEFERRED
+
+
 def claim_shard(
-    session: Session, audit_id: str, position: int, worker: str, stale_after_s: float
-) -> Claim | None:
-    """pending (or stale running) → running by `worker`, attempts + 1; None if not ours to run.
+    session: Session,
+    audit_id: str,
+    position: int,
+    worker: str,
+    stale_after_s: float,
+    max_running: int | None = None,
+) -> Claim | Literal["deferred"] | None:
+    """pending (or stale running) → running by `worker`, attempts + 1; None if not ours to run,
+    DEFERRED if the audit has not started and its tenant already runs `max_running` audits.
 
     The audit row is updated first (queued → running, touched if running), which locks it,
     so a concurrent cancel either sees this shard running or makes the claim fail.
     """
+    status = session.scalar(select(Audit.status).where(Audit.id == audit_id))
+    capped = max_running is not None and status == AuditStatus.QUEUED.value
+    if capped and _over_cap(session, audit_id, int(max_running or 0)):
+        return _defer(session, audit_id, position)
     now = utcnow()
     audit = session.execute(
         update(Audit)
@@ -58,6 +118,7 @@ def claim_shard(
             status=AuditStatus.RUNNING.value,
             started_at=func.coalesce(Audit.started_at, now),
             heartbeat_at=now,
+            stage="loading",  # the child's setup and the model's load come first
         )
     )
     if audit.rowcount != 1:  # type: ignore[attr-defined]
@@ -235,6 +296,7 @@ def finish(
     An audit whose cancel was requested ends `cancelled` rather than failed (the user asked),
     and never succeeds.
     """
+    _lock_tenant(session, audit_id)
     where = [Audit.id == audit_id, Audit.status.in_(LIVE)]
     final: Any = status.value
     if status == AuditStatus.SUCCEEDED:

@@ -13,16 +13,24 @@ import socket
 from typing import Any
 
 import structlog
-from celery.signals import task_prerun, worker_init, worker_process_init, worker_shutting_down
+from celery.signals import (
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from infra.config import Settings
+from infra.dispatch import deferred_shards
 from infra.persistence.models import TERMINAL, Audit, AuditShard, utcnow
 from infra.queue import INSPECT_MODEL, RUN_AUDIT, RUN_SHARD
-from worker import execution, inspection, leases
+from worker import execution, inspection, leases, runner
 from worker.base import RobauditTask
 from worker.celery_app import app
 from worker.threads import torch_threads
@@ -88,7 +96,22 @@ def run_shard(self: RobauditTask, audit_id: str, position: int) -> str:
         )
         if outcome == "retry":
             send_shards(session, audit_id, [position])
+        if outcome != "deferred":
+            send_deferred(session, self.settings, audit_id)
         return outcome
+
+
+def send_deferred(session: Session, settings: Settings, audit_id: str) -> None:
+    """Send the deferred shards of queued audits of this audit's tenant that may start now
+    (an audit of the tenant may just have ended); nothing when its slots are all taken."""
+    tenant_id = session.scalar(select(Audit.tenant_id).where(Audit.id == audit_id))
+    if tenant_id is None:
+        return
+    by_audit: dict[str, list[int]] = {}
+    for waiting, position in deferred_shards(session, settings, tenant_id):
+        by_audit.setdefault(waiting, []).append(position)
+    for waiting, positions in by_audit.items():
+        send_shards(session, waiting, positions)
 
 
 @app.task(name=INSPECT_MODEL, time_limit=2400, **COMMON)
@@ -112,6 +135,20 @@ def _set_threads(**_kwargs: Any) -> None:
     log.info("torch threads: %d", threads)
 
 
+@worker_ready.connect
+@worker_process_init.connect
+def _warm_sandbox(sender: Any = None, **_kwargs: Any) -> None:
+    """A spare sandbox child imports torch now, so the first shard of a new (model,
+    dataset) pair does not wait for it (worker/runner.py). In the process that runs tasks:
+    the solo pool's main process, or each prefork child."""
+    from infra.config import Settings
+
+    pool = getattr(sender, "pool", None)
+    if pool is not None and not type(pool).__module__.endswith(".solo"):
+        return  # a prefork main process runs no task; its children warm their own
+    runner.prestart_in_background(torch_threads(Settings.from_env()))
+
+
 @worker_shutting_down.connect
 def _stop_shards(**_kwargs: Any) -> None:
     execution.SHUTDOWN.set()
@@ -132,3 +169,8 @@ def _bind_log_context(task: Any = None, args: Any = (), **_kwargs: Any) -> None:
         **dict(zip(_LOG_CONTEXT.get(task.name, ()), args, strict=False))
     )
     log.info("task %s started", task.name)
+
+
+@worker_shutdown.connect
+def _close_sandboxes(**_kwargs: Any) -> None:
+    runner.close()

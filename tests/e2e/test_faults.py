@@ -44,6 +44,8 @@ FAST = {
     "ROBAUDIT_TORCH_THREADS": "1",
     # 50 audits are submitted at once on purpose; the tenant's queue cap is not under test here
     "ROBAUDIT_MAX_QUEUED_AUDITS": "100",
+    # ...but the running cap is: workers defer the rest, and start them as slots free
+    "ROBAUDIT_MAX_RUNNING_AUDITS": "1",
 }
 # ~2–4 s per 16-sample shard of the tiny MLP: long enough to be killed in the middle
 SLOW = {
@@ -307,6 +309,12 @@ def test_fifty_audits_at_once_on_two_workers_each_run_once(stack: Stack) -> None
         ).all()
     assert len(rows) == 50
     assert {(r.attempts, r.status) for r in rows} == {(1, "done")}  # none ran twice
+    with stack.db.connect() as conn:
+        spans = conn.execute(
+            text("SELECT started_at, finished_at FROM audits WHERE id = ANY(:ids)"), {"ids": ids}
+        ).all()
+    # never more than ROBAUDIT_MAX_RUNNING_AUDITS started and unfinished at once
+    assert max(sum(s <= t < f for s, f in spans) for t, _ in spans) == 1
 
 
 def test_cancel_in_the_middle_of_a_long_batch(stack: Stack) -> None:

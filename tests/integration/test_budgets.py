@@ -240,10 +240,11 @@ def test_metrics_count_queued_and_running_and_skip_deleted(
     db_session: Session,
 ) -> None:
     made = [submit(client, auth, ids, seed=s, **SMALL).get_json()["id"] for s in range(3)]
-    # two leased audits: one whose shard is under way, one whose shards all still wait
+    # two started audits: one whose shard is leased, one none of whose shards is (waiting)
     db_session.execute(update(Audit).where(Audit.id.in_(made[:2])).values(status="running"))
-    for audit_id, done in ((made[0], 2), (made[1], 0)):
-        db_session.add(AuditShard(audit_id=audit_id, position=0, start=0, stop=4, done=done))
+    for audit_id, status in ((made[0], "running"), (made[1], "pending")):
+        shard = AuditShard(audit_id=audit_id, position=0, start=0, stop=4, status=status, done=2)
+        db_session.add(shard)
     db_session.commit()
     extra = upload_model(client, auth, cnn_bytes(seed=1)).get_json()["id"]
     assert client.delete(f"/v1/models/{extra}", headers=auth).status_code == 204

@@ -164,3 +164,29 @@ def test_the_child_dies_with_its_parent(tmp_path: Path) -> None:
     if alive:
         os.kill(child, signal.SIGKILL)
     assert not alive, "the sandbox child outlived its parent"
+
+
+@needs_landlock
+def test_a_prestarted_spare_gets_its_limits_and_paths_only_with_its_first_call(
+    tmp_path: Path,
+) -> None:
+    canary, given = tmp_path / "canary", tmp_path / "model.onnx"
+    canary.write_text("secret")
+    given.write_text("model")
+    with Sandbox(Limits(memory_bytes=1 << 30, cpu_seconds=60, wall_seconds=60)) as spare:
+        spare.prestart(T + "echo")  # the worker's spare runs worker.sandboxed:preload
+        assert spare.wait_preloaded() is not None
+        pid = spare.pid
+        assert spare.call(T + "read_file", {"path": str(given)}, readable=[given]) == "model"
+        assert spare.pid == pid  # the spare itself served the call
+        with pytest.raises(ChildRaised) as denied:
+            spare.call(T + "read_file", {"path": str(canary)}, readable=[given])
+        assert denied.value.kind == "PermissionError"
+        with pytest.raises(LimitExceeded) as hit:
+            spare.call(T + "allocate", {"mib": 2048}, readable=[given])
+        assert hit.value.limit == "memory"
+    unused = Sandbox(LIMITS)
+    unused.prestart(T + "echo")
+    workdir = Path(f"/proc/{unused.pid}/cwd").resolve()
+    unused.close()  # a spare closed before any call leaves nothing behind
+    assert not workdir.exists()
