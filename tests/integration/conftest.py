@@ -15,7 +15,6 @@ from service.app import create_app
 from tests.factories.api import tenant_headers
 
 
-
 @pytest.fixture
 def settings(database_url: str, data_dir: Path) -> Settings:
     return Settings(data_dir=data_dir, database_url=database_url)

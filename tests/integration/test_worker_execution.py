@@ -13,10 +13,9 @@ from sqlalchemy.orm import Session
 from infra.config import Settings
 from infra.persistence.models import Audit, AuditShard, Model
 from infra.storage import ArtifactStore
-from robaudit.digits import to_onnx
 from tests.factories import hostile
 from tests.factories.api import upload_dataset, upload_model
-from tests.factories.models import cnn_onnx, digits_split, natural_cnn
+from tests.factories.models import cnn_onnx, digits_split, natural_cnn, to_onnx
 from worker import execution, inspection, leases
 
 

@@ -7,13 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from robaudit.digits import to_onnx
 from robustness.compare import compare, paired_test
 from robustness.engine import run_audit
 from robustness.report import divergence_dict, result_to_dict
 from robustness.spec import AuditSpec, Baseline
 from robustness.stats import summarize
-from tests.factories.models import adversarial_cnn, digits_split, natural_cnn
+from tests.factories.models import adversarial_cnn, digits_split, natural_cnn, to_onnx
 from tests.unit.engine_helpers import CPU, load_cpu
 
 CFG: dict[str, Any] = {

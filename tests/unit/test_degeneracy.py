@@ -7,13 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from robaudit.digits import to_onnx
 from robustness.degeneracy import DegeneracyKind, Verdict, detect
 from robustness.engine import run_audit
 from robustness.report import merge_results, result_to_dict
 from robustness.spec import AuditSpec, Baseline
 from tests.factories.corpus import LIGHT_ZOO
-from tests.factories.models import Constant, digits_split, natural_cnn
+from tests.factories.models import Constant, digits_split, natural_cnn, to_onnx
 from tests.unit.engine_helpers import CPU, load_cpu
 
 FAST = {"steps": 5, "landscape_samples": 0, "baselines": (Baseline.CLEAN,)}
