@@ -4,4 +4,4 @@ from infra.config import Settings
 from infra.queue import make_celery
 
 app = make_celery(Settings.from_env(), name="robaudit-worker")
-app.conf.include = ["worker.tasks", "worker.sweeper"]
+app.conf.include = ["worker.tasks", "worker.sweeper", "worker.liveness"]
