@@ -27,6 +27,9 @@ class NaNScores(torch.nn.Module):
 
 
 SMALL = {"epsilons": [0.1, 0.2], "steps": 5, "max_samples": 40}
+# The sandbox and the backend choice do not depend on the database; these tests run on one.
+# Index 0, SQLite, as in the session fixture's params: the tests group with its other users.
+ONE_DATABASE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 # for lifecycle tests, where the numbers do not matter: no landscapes, one ε, few steps
 LIGHT = {
     "epsilons": [0.1],
@@ -119,6 +122,7 @@ def test_audit_runs_and_stores_the_contract_result(
     assert report.count("data:image/png;base64,") == 4
 
 
+@ONE_DATABASE
 def test_onnxruntime_backend_on_request(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:
@@ -333,6 +337,7 @@ def test_a_crash_of_the_sandbox_fails_at_once_but_a_kill_is_retried(
     assert reload(db_session, killed).status != "failed"
 
 
+@ONE_DATABASE
 def test_a_graph_that_allocates_from_its_input_shape_hits_the_memory_limit(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:
