@@ -138,15 +138,6 @@ def test_onnxruntime_backend_on_request(
     assert audit.backend == "onnxruntime"
 
 
-def test_model_that_emits_nan_fails_with_a_clear_error(
-    client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
-) -> None:
-    audit = run(db_session, settings, queue_audit(client, auth, to_onnx(NaNScores()), SMALL))
-    assert audit.status == "failed"
-    assert audit.error is not None
-    assert "NaN or inf" in audit.error
-
-
 def test_cancel_while_a_shard_runs_drops_its_result(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:
@@ -224,9 +215,11 @@ def test_sharded_audit_aggregates_once(
     assert shard.attempts == 1
 
 
-def test_a_failed_audit_stops_its_other_shards(
+def test_a_model_that_emits_nan_fails_clearly_and_stops_its_other_shards(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:
+    """The first shard fails naming the cause; the others see a failed audit and skip. (A
+    one-shard run of the same model proved only the first half, at the same cost.)"""
     audit_id = queue_audit(client, auth, to_onnx(NaNScores()), SMALL)
     audit = run(db_session, settings, audit_id, shard_size=16)
     assert audit.status == "failed"
