@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.bench_search import models
-from robaudit.digits import load_split, to_onnx
+from demo.digits import load_split, to_onnx
 from robustness.attacks.divergence import normalized_log_probs
 from robustness.backends.ort_backend import OrtBackend
 from robustness.engine import run_audit

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robaudit.digits import load_split, to_onnx, train_cnn
+from demo.digits import load_split, to_onnx, train_cnn
 from robustness.attacks.divergence import DivergenceSearch, kl_from, normalized_log_probs
 from robustness.loading import load
 from robustness.spec import BackendKind, LogitNormalization, Norm

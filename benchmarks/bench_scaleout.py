@@ -50,7 +50,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from robaudit.digits import DigitsCNN, load_split, to_onnx  # noqa: E402
+from demo.digits import DigitsCNN, load_split, to_onnx  # noqa: E402
 from tests import services  # noqa: E402
 from tests.e2e.conftest import ROBAUDIT, base_env, spawn, stop, wait_http  # noqa: E402
 

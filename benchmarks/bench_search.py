@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robaudit.digits import DigitsSplit, load_split, to_onnx, train_cnn
+from demo.digits import DigitsSplit, load_split, to_onnx, train_cnn
 from robustness.attacks.apgd_divergence import APGDDivergence
 from robustness.attacks.divergence import DivergenceSearch
 from robustness.attacks.search import build_search

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from demo.digits import accuracy, load_split, to_onnx, train_cnn
 from robaudit.client import Client
-from robaudit.digits import accuracy, load_split, to_onnx, train_cnn
 
 OUT = Path("demo-out")
 EPS = 0.1

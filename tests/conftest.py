@@ -13,6 +13,20 @@ from infra.persistence.migrate import upgrade
 from infra.persistence.session import make_engine
 from tests import services
 
+# A test's directory says what it needs. `pytestmark` in a conftest marks nothing (pytest reads
+# it from test modules only), so the marks are added here, where every collected item passes.
+_DIRECTORY_MARKS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests_root = Path(__file__).parent
+    for item in items:
+        if not item.path.is_relative_to(tests_root):
+            continue
+        mark = _DIRECTORY_MARKS.get(item.path.relative_to(tests_root).parts[0])
+        if mark is not None:
+            item.add_marker(mark)
+
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(

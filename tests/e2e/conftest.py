@@ -18,7 +18,6 @@ import requests
 
 from tests import services
 
-pytestmark = pytest.mark.e2e
 ROBAUDIT = [sys.executable, "-m", "robaudit"]
 
 

@@ -12,7 +12,7 @@ import onnx
 import torch
 from torch import nn
 
-from robaudit.digits import to_onnx
+from demo.digits import to_onnx
 from tests.factories.models import digits_split, natural_cnn, sklearn_onnx
 
 LIGHT_ZOO = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

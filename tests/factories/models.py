@@ -10,7 +10,7 @@ import onnx
 import torch
 from torch import nn
 
-from robaudit.digits import DigitsCNN, load_split, to_onnx, train_cnn
+from demo.digits import DigitsCNN, load_split, to_onnx, train_cnn
 
 
 @cache

@@ -16,8 +16,6 @@ from infra.config import Settings
 from service.app import create_app
 from tests.factories.api import tenant_headers
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def settings(database_url: str, data_dir: Path) -> Settings:

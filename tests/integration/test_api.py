@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 
 from infra.config import Settings
 from infra.persistence.models import Audit
-from robaudit.digits import DigitsCNN, to_onnx
 from tests.factories import hostile
 from tests.factories.api import tenant_headers, upload_dataset, upload_model
+from tests.factories.models import DigitsCNN, to_onnx
 
 PROBLEM = "application/problem+json"
 

@@ -13,10 +13,9 @@ from sqlalchemy.orm import Session
 from infra.config import Settings
 from infra.persistence.models import Audit, AuditShard, Model
 from infra.storage import ArtifactStore
-from robaudit.digits import to_onnx
 from tests.factories import hostile
 from tests.factories.api import upload_dataset, upload_model
-from tests.factories.models import cnn_onnx, digits_split, natural_cnn
+from tests.factories.models import cnn_onnx, digits_split, natural_cnn, to_onnx
 from worker import execution, inspection, leases
 
 
@@ -28,6 +27,9 @@ class NaNScores(torch.nn.Module):
 
 
 SMALL = {"epsilons": [0.1, 0.2], "steps": 5, "max_samples": 40}
+# The sandbox and the backend choice do not depend on the database; these tests run on one.
+# Index 0, SQLite, as in the session fixture's params: the tests group with its other users.
+ONE_DATABASE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 # for lifecycle tests, where the numbers do not matter: no landscapes, one ε, few steps
 LIGHT = {
     "epsilons": [0.1],
@@ -120,6 +122,7 @@ def test_audit_runs_and_stores_the_contract_result(
     assert report.count("data:image/png;base64,") == 4
 
 
+@ONE_DATABASE
 def test_onnxruntime_backend_on_request(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:
@@ -133,15 +136,6 @@ def test_onnxruntime_backend_on_request(
     audit = run(db_session, settings, queue_audit(client, auth, cnn_onnx(natural_cnn()), config))
     assert audit.status == "succeeded", audit.error
     assert audit.backend == "onnxruntime"
-
-
-def test_model_that_emits_nan_fails_with_a_clear_error(
-    client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
-) -> None:
-    audit = run(db_session, settings, queue_audit(client, auth, to_onnx(NaNScores()), SMALL))
-    assert audit.status == "failed"
-    assert audit.error is not None
-    assert "NaN or inf" in audit.error
 
 
 def test_cancel_while_a_shard_runs_drops_its_result(
@@ -221,9 +215,11 @@ def test_sharded_audit_aggregates_once(
     assert shard.attempts == 1
 
 
-def test_a_failed_audit_stops_its_other_shards(
+def test_a_model_that_emits_nan_fails_clearly_and_stops_its_other_shards(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:
+    """The first shard fails naming the cause; the others see a failed audit and skip. (A
+    one-shard run of the same model proved only the first half, at the same cost.)"""
     audit_id = queue_audit(client, auth, to_onnx(NaNScores()), SMALL)
     audit = run(db_session, settings, audit_id, shard_size=16)
     assert audit.status == "failed"
@@ -334,6 +330,7 @@ def test_a_crash_of_the_sandbox_fails_at_once_but_a_kill_is_retried(
     assert reload(db_session, killed).status != "failed"
 
 
+@ONE_DATABASE
 def test_a_graph_that_allocates_from_its_input_shape_hits_the_memory_limit(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:

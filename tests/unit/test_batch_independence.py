@@ -11,10 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from robaudit.digits import to_onnx
 from robustness.config import BackendKind
 from robustness.errors import AuditInputError
-from tests.factories.models import digits_split, natural_cnn
+from tests.factories.models import digits_split, natural_cnn, to_onnx
 from tests.unit.engine_helpers import load_cpu
 
 

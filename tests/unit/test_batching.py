@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import torch
 
-from robaudit.digits import DigitsCNN
 from robustness.batching import (
     BACKWARD_FACTOR,
     available_bytes,
@@ -16,6 +15,7 @@ from robustness.batching import (
     choose_batch_size,
 )
 from robustness.loading import load
+from tests.factories.models import DigitsCNN
 
 CPU = torch.device("cpu")
 

@@ -7,14 +7,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from robaudit.digits import to_onnx
 from robustness.compare import compare, paired_test
 from robustness.config import AuditConfig, Baseline
 from robustness.engine import run_audit
 from robustness.results import AuditResult, Manifest
 from robustness.spec import AuditSpec
 from robustness.stats import summarize
-from tests.factories.models import adversarial_cnn, digits_split, natural_cnn
+from tests.factories.models import adversarial_cnn, digits_split, natural_cnn, to_onnx
 from tests.unit.engine_helpers import CPU, load_cpu
 
 CFG = AuditConfig(epsilons=[0.03])

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from robaudit.digits import to_onnx
 from robustness.config import Baseline
 from robustness.degeneracy import detect
 from robustness.engine import run_audit
@@ -15,7 +14,7 @@ from robustness.report import merge_results, result_to_dict
 from robustness.results import AuditResult, DegeneracyKind, Verdict
 from robustness.spec import AuditSpec
 from tests.factories.corpus import LIGHT_ZOO
-from tests.factories.models import Constant, digits_split, natural_cnn
+from tests.factories.models import Constant, digits_split, natural_cnn, to_onnx
 from tests.unit.engine_helpers import CPU, load_cpu
 
 FAST = {"steps": 5, "landscape_samples": 0, "baselines": (Baseline.CLEAN,)}

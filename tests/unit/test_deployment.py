@@ -7,20 +7,57 @@ the configuration it drives.
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
+import threading
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from infra.config import Settings, variables
 from robaudit.cli import build_parser
+from worker import liveness
+from worker.celery_app import app as worker_app
+from worker.tasks import run_audit
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
+LOCKS = ROOT / "requirements"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# Which lock each image installs, and which of pyproject's dependency sets it must satisfy.
+IMAGE_LOCKS = {"docker/Dockerfile.api": "api.lock", "docker/Dockerfile.worker": "worker-gpu.lock"}
+LOCK_EXTRAS = {"api.lock": [], "worker-gpu.lock": ["gpu"], "dev.lock": ["worker", "dev"]}
+
+
+def read_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """A `make lock` file: canonical name -> (pinned version, its sha256 hashes)."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    for entry in path.read_text().replace("\\\n", " ").splitlines():
+        if not entry.strip() or entry.lstrip().startswith("#"):
+            continue
+        requirement, *hashes = entry.split("--hash=sha256:")
+        req = Requirement(requirement.strip())
+        (spec,) = req.specifier
+        assert spec.operator == "==", f"{path.name}: {req} is not pinned"
+        pins[canonicalize_name(req.name)] = (spec.version, [h.strip() for h in hashes])
+    return pins
+
+
+def dockerfile_steps(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per instruction, continuation lines joined, comments dropped."""
+    steps = []
+    for line in path.read_text().replace("\\\n", " ").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            instruction, _, args = line.strip().partition(" ")
+            steps.append((instruction.upper(), " ".join(args.split())))
+    return steps
 
 
 def test_compose_has_the_designed_services() -> None:
@@ -133,13 +170,14 @@ def test_only_the_settings_class_reads_robaudit_variables() -> None:
     assert not reads, sorted(reads)
 
 
-def test_worker_reserves_a_gpu_and_api_image_has_no_torch() -> None:
+def test_worker_reserves_a_gpu_and_the_api_image_has_no_torch() -> None:
     devices = SERVICES["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert SERVICES["worker"]["environment"]["ROBAUDIT_DEVICE"] == "cuda"
-    api_dockerfile = (ROOT / SERVICES["api"]["build"]["dockerfile"]).read_text()
-    assert "pip install ." in api_dockerfile
-    assert "[gpu]" in (ROOT / SERVICES["worker"]["build"]["dockerfile"]).read_text()
+    api, gpu = read_lock(LOCKS / "api.lock"), read_lock(LOCKS / "worker-gpu.lock")
+    assert not {"torch", "onnxruntime", "onnxruntime-gpu", "onnx2pytorch"} & set(api)
+    assert {"torch", "onnxruntime-gpu"} <= set(gpu)
+    assert "onnxruntime" not in gpu  # the CPU build would shadow the CUDA one
 
 
 def test_redis_is_append_only_and_postgres_is_health_checked() -> None:
@@ -178,3 +216,103 @@ print("ok")
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(("dockerfile", "lock"), IMAGE_LOCKS.items())
+def test_images_install_the_lock_in_a_layer_before_the_source(dockerfile: str, lock: str) -> None:
+    steps = dockerfile_steps(ROOT / dockerfile)
+    deps = steps.index(("RUN", f"pip install --require-hashes -r requirements/{lock}"))
+    project = steps.index(("RUN", "pip install --no-deps --no-build-isolation ."))
+    copies = {i: args.split()[0] for i, (op, args) in enumerate(steps) if op in ("COPY", "ADD")}
+    # Only the lock is in the image when the wheels are installed, so a code edit keeps that
+    # layer cached; the source follows, and the project goes in last, without dependencies.
+    assert [src for i, src in copies.items() if i < deps] == [f"requirements/{lock}"]
+    packages = {
+        p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    assert {src for i, src in copies.items() if deps < i < project} >= packages | {"pyproject.toml"}
+    assert not [src for i, src in copies.items() if i > project]
+
+
+def test_every_service_image_is_one_of_the_locked_dockerfiles() -> None:
+    built = {s["build"]["dockerfile"] for s in SERVICES.values() if "build" in s}
+    assert built == set(IMAGE_LOCKS)
+
+
+@pytest.mark.parametrize("lock", LOCK_EXTRAS)
+def test_locks_pin_every_declared_dependency_with_hashes(lock: str) -> None:
+    """Fails when pyproject.toml gains or tightens a dependency and nobody ran `make lock`."""
+    pins = read_lock(LOCKS / lock)
+    project = PYPROJECT["project"]
+    declared = [*project["dependencies"], *PYPROJECT["build-system"]["requires"]]
+    for extra in LOCK_EXTRAS[lock]:
+        declared += project["optional-dependencies"][extra]
+    for line in declared:
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{lock} lacks {req.name}: run `make lock`"
+        assert req.specifier.contains(pins[name][0], prereleases=True), (
+            f"{lock}: {req} vs {pins[name][0]}"
+        )
+    assert all(hashes for _, hashes in pins.values()), f"{lock} has a pin without a hash"
+
+
+@pytest.mark.parametrize("lock", ["api.lock", "worker-gpu.lock"])
+def test_images_run_the_versions_the_tests_ran(lock: str) -> None:
+    tested = read_lock(LOCKS / "dev.lock")
+    image = read_lock(LOCKS / lock)
+    differ = {
+        n: (v, tested[n][0]) for n, (v, _) in image.items() if n in tested and tested[n][0] != v
+    }
+    assert not differ
+
+
+def _seconds(duration: str) -> float:
+    """Compose's duration syntax as used here: 40s, 11m, 1m30s."""
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert duration, "an empty duration"
+    assert parts is not None, duration
+    return 60 * int(parts[1] or 0) + int(parts[2] or 0)
+
+
+def test_container_health_is_liveness_and_services_come_back() -> None:
+    api_check = " ".join(SERVICES["api"]["healthcheck"]["test"])
+    assert "/healthz" in api_check
+    assert "/readyz" not in api_check  # it fails while the broker is down, by design
+    for name in ("api", "worker", "worker-control", "redis", "postgres"):
+        assert SERVICES[name]["restart"] in ("always", "unless-stopped", "on-failure"), name
+    assert SERVICES["migrate"]["restart"] == "no"  # a one-shot; the others wait on its success
+
+
+def test_grace_periods_cover_what_a_stopping_process_must_finish() -> None:
+    # gunicorn's default graceful timeout for in-flight requests is 30 s.
+    assert _seconds(SERVICES["api"]["stop_grace_period"]) > 30
+    # A compute worker stops its shard at the next heartbeat check and gives it back.
+    heartbeat_s = float(SERVICES["worker"]["environment"].get("ROBAUDIT_HEARTBEAT_S", 2))
+    assert _seconds(SERVICES["worker"]["stop_grace_period"]) >= 10 * heartbeat_s
+    # A control worker finishes its running task: planning is capped by its time limit.
+    assert _seconds(SERVICES["worker-control"]["stop_grace_period"]) > run_audit.time_limit
+
+
+def test_worker_health_is_the_liveness_file_of_a_module_the_worker_loads() -> None:
+    for name in ("worker", "worker-control"):
+        assert SERVICES[name]["healthcheck"]["test"] == ["CMD", "python", "-m", liveness.__name__]
+    assert liveness.__name__ in worker_app.conf.include  # else nothing ever writes the file
+
+
+def test_liveness_file_is_fresh_while_beating_and_stale_after(tmp_path: Path) -> None:
+    alive = tmp_path / "alive"
+    assert not liveness.is_fresh(alive)  # a worker that never started is not healthy
+    beat = threading.Thread(target=liveness.beat_forever, args=(alive, 0.01), daemon=True)
+    beat.start()
+    try:
+        while not alive.exists():
+            beat.join(0.01)
+        assert liveness.is_fresh(alive)
+    finally:
+        liveness._stop.set()
+        beat.join()
+        liveness._stop.clear()
+    old = alive.stat().st_mtime - 2 * liveness.STALE_AFTER_S
+    os.utime(alive, (old, old))
+    assert not liveness.is_fresh(alive)  # a hung worker stops touching the file

@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robaudit.digits import to_onnx
 from robustness.config import Norm
 from robustness.landscape import Landscape, loss_landscape
-from tests.factories.models import adversarial_cnn, digits_split, natural_cnn
+from tests.factories.models import adversarial_cnn, digits_split, natural_cnn, to_onnx
 from tests.unit.engine_helpers import load_cpu
 
 EPS = 0.1

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from robaudit.digits import to_onnx
 from robustness.config import BackendKind
 from robustness.errors import AuditInputError
-from tests.factories.models import digits_split, natural_cnn
+from tests.factories.models import digits_split, natural_cnn, to_onnx
 from tests.unit.engine_helpers import load_cpu
 
 

@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from robaudit.digits import DigitsCNN, to_onnx
 from robustness.attacks.divergence import DivergenceSearch
 from robustness.config import BackendKind, Baseline, LogitNormalization, Norm
-from tests.factories.models import Constant, adversarial_cnn, digits_split, mlp_onnx, natural_cnn
+from tests.factories.models import (
+    Constant,
+    DigitsCNN,
+    adversarial_cnn,
+    digits_split,
+    mlp_onnx,
+    natural_cnn,
+    to_onnx,
+)
 from tests.unit.engine_helpers import audit, load_cpu, mean_psi
 
 EPS = 0.1

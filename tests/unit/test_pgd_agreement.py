@@ -6,11 +6,10 @@ import pytest
 import torch
 import torchattacks
 
-from robaudit.digits import to_onnx
 from robustness.attacks.fgsm import FGSM
 from robustness.attacks.pgd import PGD
 from robustness.config import Norm
-from tests.factories.models import digits_split, natural_cnn
+from tests.factories.models import digits_split, natural_cnn, to_onnx
 from tests.unit.engine_helpers import load_cpu
 
 EPS, STEPS = 0.1, 20

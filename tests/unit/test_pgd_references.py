@@ -18,11 +18,10 @@ import torch
 import torchattacks
 from torch import nn
 
-from robaudit.digits import to_onnx
 from robustness.attacks.pgd import PGD
 from robustness.backends.base import ScoreBackend
 from robustness.config import Norm
-from tests.factories.models import digits_split, natural_cnn
+from tests.factories.models import digits_split, natural_cnn, to_onnx
 from tests.unit.engine_helpers import load_cpu
 
 STEPS = 20

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from robaudit.digits import to_onnx
 from robustness.attacks.budget import search_info
 from robustness.attacks.divergence import DivergenceSearch
 from robustness.attacks.search import build_search
@@ -15,7 +14,7 @@ from robustness.engine import run_audit
 from robustness.report import merge_results, result_to_dict
 from robustness.results import AuditResult
 from robustness.spec import AuditSpec
-from tests.factories.models import adversarial_cnn, digits_split, natural_cnn
+from tests.factories.models import adversarial_cnn, digits_split, natural_cnn, to_onnx
 from tests.unit.engine_helpers import CPU, audit, load_cpu
 
 N = 64

@@ -1,7 +1,8 @@
 """Small classifiers on sklearn's bundled digits (8×8, no download), exported to ONNX.
 
-Used by `make demo`, the tests and the benchmarks: a natural CNN and a PGD-adversarially
-trained one (Madry et al., 2018) train in a few seconds on a CPU.
+Used by `make demo`, the tests (through tests/factories) and the benchmarks: a natural CNN and
+a PGD-adversarially trained one (Madry et al., 2018) train in a few seconds on a CPU. Training
+code stays out of the product packages: the service only ever audits ONNX files.
 """
 
 from __future__ import annotations
