@@ -37,7 +37,7 @@ def shown(client: FlaskClient, auth: dict[str, str], audit_id: str) -> tuple[str
 def metric(client: FlaskClient, auth: dict[str, str], status: str) -> int:
     text = client.get("/metrics", headers=auth).get_data(as_text=True)
     line = next(x for x in text.splitlines() if x.startswith(f'robaudit_audits{{status="{status}"'))
-    return int(line.rsplit(" ", 1)[1])
+    return int(float(line.rsplit(" ", 1)[1]))  # prometheus_client writes gauges as 2.0
 
 
 def test_a_second_audit_waits_for_the_tenants_slot_and_status_says_what_happens(
