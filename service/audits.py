@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from infra.persistence.models import TERMINAL, Audit, AuditStatus, Model, utcnow
 from robustness.config import AuditConfig
 from robustness.cost import estimate_cost
 from robustness.datasets import DatasetFacts, check_fit
+from robustness.image_datasets import image_target, target_shape
 from robustness.results import AuditResult, LandscapeResult
 from robustness.spec import spec_from_config
 from service import limits
@@ -54,16 +56,18 @@ def create_audit(
             return replay, False
     model = get_model(session=session, tenant_id=tenant_id, model_id=model_id)
     dataset = get_dataset(session=session, tenant_id=tenant_id, dataset_id=dataset_id)
-    check_fit(
-        model.intake["input"],
-        model.intake["output"]["num_classes"],
-        model.input_range,
-        DatasetFacts(
-            dataset.n, dataset.shape, dataset.dtype, dataset.num_classes, dataset.value_range
-        ),
+    facts = DatasetFacts(
+        dataset.n, dataset.shape, dataset.dtype, dataset.num_classes, dataset.value_range
     )
+    if dataset.format == "images":  # decoded to the model's input: its shape, [0, scale]
+        target = image_target(
+            model.intake["input"]["shape"], model.intake.get("preprocessing"), dataset.crop_fraction
+        )
+        facts = replace(facts, shape=target_shape(target), value_range=[0.0, target.scale])
+    classes = model.intake["output"]["num_classes"]
+    check_fit(model.intake["input"], classes, model.input_range, facts)
     cfg = config.model_dump(mode="json")
-    limits.check_ranges(cfg, model.input_range, math.prod(dataset.shape))
+    limits.check_ranges(cfg, model.input_range, math.prod(facts.shape))
     digest = config_hash(cfg)
     if not force:
         done = session.scalar(
