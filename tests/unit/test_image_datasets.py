@@ -146,7 +146,7 @@ def test_a_damaged_body_passes_the_header_check_and_fails_decoding_by_name(
     png = images.array_image(np.random.default_rng(0).integers(0, 255, (32, 32, 3)))
     path = _write(tmp_path, images.zip_of({"a/0.png": png[: len(png) // 2]}))  # cut in IDAT
     scan_images(path, LIMITS)
-    with pytest.raises(DatasetRejected, match="'a/0.png' could not be decoded"):
+    with pytest.raises(DatasetRejected, match=r"'a/0\.png' could not be decoded"):
         decode_images(path, ImageTarget(8, 8), LIMITS)
 
 
@@ -167,6 +167,6 @@ def test_models_images_cannot_feed(shape: list, pre: dict | None, message: str) 
 def test_not_a_zip_says_what_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_bytes(b"x,y\n")
-    with pytest.raises(DatasetRejected, match="not an .npz archive.*zip of images"):
+    with pytest.raises(DatasetRejected, match=r"not an \.npz archive.*zip of images"):
         is_array_zip(path)
     assert zipfile.is_zipfile(_write(tmp_path, images.folder_zip(1)))
