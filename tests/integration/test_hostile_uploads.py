@@ -37,7 +37,7 @@ from infra.config import Settings
 from infra.persistence.migrate import upgrade
 from infra.persistence.session import make_engine
 from service.app import create_app
-from tests.factories import hostile
+from tests.factories import hostile, images
 from tests.factories.api import tenant_headers, upload_dataset, upload_model
 
 pytestmark = pytest.mark.integration
@@ -180,6 +180,10 @@ def _model_cases() -> list[Case]:
         ("two-inputs", hostile.two_input_model, 422, "2 data inputs"),
         ("int-input", hostile.int_input_model, 422, "float tensors"),
         ("too-large", lambda: bytes(5 * MiB), 413, "limit of"),
+        ("image-zip-slip", lambda: images.zip_of({"../a/0.png": PNG}), 422, "climbs out"),
+        ("image-symlink", lambda: images.zip_of({"a/0.png": PNG}, ("a/0.png",)), 422, "link"),
+        ("image-undecodable", lambda: images.zip_of({"a/0.png": b"GIF8"}), 422, "not a readable"),
+        ("image-pixels", lambda: images.zip_of({"a/0.png": BOMB}), 422, "more than 262144 pixels"),
     ]
     cases = [Case(f"model-{n}", model(fixed(b)), s, d) for n, b, s, d in specs]
     for value in ("-inf,inf", "nan,1", "0,1e400", "1,0"):
@@ -205,6 +209,8 @@ def _npz(x: np.ndarray, y: np.ndarray) -> Callable[[], bytes]:
 
 
 F32 = np.float32
+PNG = images.image_bytes(images.RED)
+BOMB = images.png_claiming(4000, 4000)  # under one image's cap; over the 1 MiB total's pixels
 
 
 def _dataset_cases() -> list[Case]:
@@ -230,6 +236,10 @@ def _dataset_cases() -> list[Case]:
         ("negative-y", _npz(ok_x, np.array([0, -1])), 422, "negative labels"),
         ("length-mismatch", _npz(ok_x, np.zeros(3, np.int64)), 422, "2 samples but y has 3"),
         ("too-large", lambda: bytes(5 * MiB), 413, "limit of"),
+        ("image-zip-slip", lambda: images.zip_of({"../a/0.png": PNG}), 422, "climbs out"),
+        ("image-symlink", lambda: images.zip_of({"a/0.png": PNG}, ("a/0.png",)), 422, "link"),
+        ("image-undecodable", lambda: images.zip_of({"a/0.png": b"GIF8"}), 422, "not a readable"),
+        ("image-pixels", lambda: images.zip_of({"a/0.png": BOMB}), 422, "more than 262144 pixels"),
     ]
     return [Case(f"dataset-{n}", dataset(b), s, d) for n, b, s, d in specs]
 
