@@ -180,10 +180,6 @@ def _model_cases() -> list[Case]:
         ("two-inputs", hostile.two_input_model, 422, "2 data inputs"),
         ("int-input", hostile.int_input_model, 422, "float tensors"),
         ("too-large", lambda: bytes(5 * MiB), 413, "limit of"),
-        ("image-zip-slip", lambda: images.zip_of({"../a/0.png": PNG}), 422, "climbs out"),
-        ("image-symlink", lambda: images.zip_of({"a/0.png": PNG}, ("a/0.png",)), 422, "link"),
-        ("image-undecodable", lambda: images.zip_of({"a/0.png": b"GIF8"}), 422, "not a readable"),
-        ("image-pixels", lambda: images.zip_of({"a/0.png": BOMB}), 422, "more than 262144 pixels"),
     ]
     cases = [Case(f"model-{n}", model(fixed(b)), s, d) for n, b, s, d in specs]
     for value in ("-inf,inf", "nan,1", "0,1e400", "1,0"):
@@ -222,8 +218,13 @@ def _dataset_cases() -> list[Case]:
         ("not-zip", lambda: b"x,y\n1,2\n", 422, "not an .npz"),
         ("missing-y", lambda: hostile.npz_bytes(x=ok_x), 422, "lacks array(s) ['y']"),
         ("nested-member", hostile.nested_member_npz, 422, "'sub/x'"),
-        ("duplicate-member", hostile.duplicate_member_npz, 422, "exactly the members"),
-        ("extra-member", lambda: hostile.npz_bytes(x=ok_x, y=ok_y, z=ok_y), 422, "'z.npy'"),
+        ("duplicate-member", hostile.duplicate_member_npz, 422, "exactly the arrays"),
+        (
+            "extra-member",
+            lambda: hostile.npz_bytes(x=ok_x, y=ok_y, z=ok_y),
+            422,
+            "found ['x', 'y', 'z']",
+        ),
         ("many-members", hostile.many_members_npz, 422, "5000 members"),
         ("lying-header", hostile.lying_header_npz, 422, "the file is damaged"),
         ("label-2^40", _npz(ok_x, np.array([0, 1 << 40])), 422, "the label 1099511627776"),
