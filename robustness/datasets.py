@@ -28,6 +28,7 @@ SCAN_CHUNK_BYTES = 8 << 20
 FLOAT_KINDS = ("f",)
 INT_KINDS = ("i", "u")
 _EOCD = b"PK\x05\x06"
+MAX_ZIP_ENTRIES = 50_000  # any dataset zip; under zip's 16-bit count, so zip64 is refused
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,17 @@ def _members(path: Path, max_member_bytes: int, max_total_bytes: int) -> Iterato
 
 
 def _check_member_count(path: Path) -> None:
-    """Read the zip's end record first: a directory of millions of entries is never parsed."""
+    entries = zip_entry_count(path)
+    if entries > 2 * len(MEMBERS):  # 0xFFFF (zip64) included: never a plain np.savez
+        raise DatasetRejected(
+            f"the .npz has {entries} members; it must hold exactly x.npy and y.npy"
+        )
+
+
+def zip_entry_count(path: Path) -> int:
+    """Read the zip's end record first: a directory of millions of entries is never parsed.
+
+    0xFFFF for a zip64 archive, whatever its real count: callers' limits stay below it."""
     with path.open("rb") as f:
         f.seek(0, 2)
         size = f.tell()
@@ -198,12 +209,23 @@ def _check_member_count(path: Path) -> None:
         tail = f.read()
     at = tail.rfind(_EOCD)
     if at < 0 or at + 22 > len(tail):
-        raise DatasetRejected("the .npz archive is damaged: its directory cannot be found")
-    entries = struct.unpack_from("<H", tail, at + 10)[0]
-    if entries > 2 * len(MEMBERS):  # 0xFFFF (zip64) included: never a plain np.savez
+        raise DatasetRejected("the zip archive is damaged: its directory cannot be found")
+    return int(struct.unpack_from("<H", tail, at + 10)[0])
+
+
+def is_array_zip(path: Path) -> bool:
+    """Whether a zip is meant as arrays (.npz, or x.npy and y.npy zipped) rather than images.
+
+    Its member count is checked before its directory is parsed."""
+    if not zipfile.is_zipfile(path):
         raise DatasetRejected(
-            f"the .npz has {entries} members; it must hold exactly x.npy and y.npy"
+            "the dataset is not an .npz archive (np.savez(f, x=x, y=y)) nor a zip of images "
+            "(class-named folders, or images with a labels.csv)"
         )
+    if zip_entry_count(path) > MAX_ZIP_ENTRIES:
+        return True  # refused by the .npz checks, which say how many members it has
+    with zipfile.ZipFile(path) as zf:
+        return any(n.lower().endswith(".npy") for n in zf.namelist())
 
 
 def _read_header(f: IO[bytes], name: str, declared: int) -> _Header:

@@ -159,7 +159,7 @@ class Manifest(ResultModel):
 
     omit_if_none = frozenset(
         {"model_sha256", "dataset_sha256", "config_hash", "versions", "device", "backend",
-         "backends", "notes", "input_range", "shards", "preprocessing"}
+         "backends", "notes", "input_range", "shards", "preprocessing", "class_names"}
     )  # fmt: skip
     model_sha256: str | None = None
     dataset_sha256: str | None = None
@@ -172,6 +172,7 @@ class Manifest(ResultModel):
     input_range: list[float] | None = None
     shards: int | None = None
     preprocessing: dict[str, Any] | None = None
+    class_names: list[str] | None = None  # the dataset's (image folders, labels.csv) or model's
 
 
 class Timing(ResultModel):

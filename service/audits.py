@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from infra.persistence.models import TERMINAL, Audit, AuditStatus, Dataset, Mode
 from robustness.config import AuditConfig
 from robustness.cost import estimate_cost
 from robustness.datasets import DatasetFacts, check_fit
+from robustness.image_datasets import image_target, target_shape
 from robustness.results import AuditResult, LandscapeResult
 from robustness.spec import spec_from_config
 from service import limits
@@ -49,9 +51,9 @@ def create_audit(
         return replay, False
     model = get_model(session=session, tenant_id=tenant_id, model_id=model_id)
     dataset = get_dataset(session=session, tenant_id=tenant_id, dataset_id=dataset_id)
-    _check_fit(model, dataset)
+    facts = _check_fit(model, dataset)
     cfg = config.model_dump(mode="json")
-    limits.check_ranges(cfg, model.input_range, math.prod(dataset.shape))
+    limits.check_ranges(cfg, model.input_range, math.prod(facts.shape))
     digest = config_hash(cfg)
     done = None if force else _same_succeeded(session, tenant_id, model, dataset, digest)
     if done is not None:
@@ -92,16 +94,21 @@ def _replay(session: Session, tenant_id: str, idempotency_key: str | None) -> Au
     )
 
 
-def _check_fit(model: Model, dataset: Dataset) -> None:
-    """The dataset's samples, labels and values fit the model's input, classes and range."""
-    check_fit(
-        model.intake["input"],
-        model.intake["output"]["num_classes"],
-        model.input_range,
-        DatasetFacts(
-            dataset.n, dataset.shape, dataset.dtype, dataset.num_classes, dataset.value_range
-        ),
+def _check_fit(model: Model, dataset: Dataset) -> DatasetFacts:
+    """The dataset's samples, labels and values fit the model's input, classes and range; the
+    facts as the audit will see them (an image dataset is decoded to the model's input)."""
+    facts = DatasetFacts(
+        dataset.n, dataset.shape, dataset.dtype, dataset.num_classes, dataset.value_range
     )
+    if dataset.format == "images":  # decoded to the model's input: its shape, [0, scale]
+        target = image_target(
+            model.intake["input"]["shape"], model.intake.get("preprocessing"), dataset.crop_fraction
+        )
+        facts = replace(facts, shape=target_shape(target), value_range=[0.0, target.scale])
+    check_fit(
+        model.intake["input"], model.intake["output"]["num_classes"], model.input_range, facts
+    )
+    return facts
 
 
 def _same_succeeded(

@@ -18,7 +18,8 @@ from infra.config import Settings
 from infra.persistence.models import Dataset, Model, utcnow
 from infra.sandbox import ChildRaised, LimitExceeded, Limits, SandboxError, run_sandboxed
 from infra.storage import ArtifactStore, StoredArtifact, TooLarge
-from robustness.datasets import scan_npz
+from robustness.datasets import DatasetFacts, is_array_zip, scan_npz
+from robustness.image_datasets import ImageLimits, scan_images
 from robustness.onnx_safety import IntakeLimits
 from service.errors import NotFound, Problem, Unprocessable
 from service.limits import FLOAT32_MAX
@@ -194,17 +195,16 @@ def create_dataset(
     stream: IO[bytes],
     filename: str | None,
     name: str | None,
+    crop_fraction: float | None = None,
 ) -> tuple[Dataset, bool]:
-    """Check and store an .npz dataset; (row, created). Same bytes again → the existing row."""
+    """Check and store an .npz or image zip; (row, created). Same bytes → the existing row."""
     with _staged(store, stream, settings.max_dataset_bytes) as staged:
         existing = _restore_same_bytes(session, Dataset, tenant_id, staged.sha256)
         if existing is not None:
             return existing
-        facts = scan_npz(
-            staged.path,
-            max_member_bytes=settings.max_npz_member_bytes,
-            max_total_bytes=settings.max_npz_total_bytes,
-        )
+        facts, class_names = _scan_dataset(staged.path, settings)
+        if class_names is None and crop_fraction is not None:
+            raise Unprocessable("crop_fraction applies to image datasets only; this is an .npz")
         stored = store.commit(staged)
     row = Dataset(
         tenant_id=tenant_id,
@@ -216,8 +216,27 @@ def create_dataset(
         dtype=facts.dtype,
         num_classes=facts.num_classes,
         value_range=facts.value_range,
+        format="arrays" if class_names is None else "images",
+        class_names=class_names,
+        crop_fraction=crop_fraction if class_names is not None else None,
     )
     return _insert_or_existing(session, row)
+
+
+def _scan_dataset(path: Path, settings: Settings) -> tuple[DatasetFacts, list[str] | None]:
+    """The stored facts and, for an image zip, its class names; images are not decoded here.
+
+    An image dataset's sample shape is the model's input, known at audit time: [] here."""
+    if is_array_zip(path):
+        facts = scan_npz(
+            path,
+            max_member_bytes=settings.max_npz_member_bytes,
+            max_total_bytes=settings.max_npz_total_bytes,
+        )
+        return facts, None
+    index, _pixels = scan_images(path, ImageLimits(max_total_bytes=settings.max_npz_total_bytes))
+    facts = DatasetFacts(len(index.files), [], "uint8", len(index.class_names), [0.0, 1.0])
+    return facts, index.class_names
 
 
 def get_model(*, session: Session, tenant_id: str, model_id: str) -> Model:
@@ -295,5 +314,8 @@ def dataset_json(row: Dataset) -> dict[str, Any]:
         "dtype": row.dtype,
         "num_classes": row.num_classes,
         "value_range": row.value_range,
+        "format": row.format,
+        "class_names": row.class_names,
+        "crop_fraction": row.crop_fraction,
         "created_at": row.created_at.isoformat(),
     }

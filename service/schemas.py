@@ -70,8 +70,18 @@ class ModelForm(_Form):
 
 
 class DatasetForm(_Form):
-    file: FileStorage = Field(description=".npz with arrays x (float, N×…) and y (int, N)")
+    file: FileStorage = Field(
+        description=".npz with arrays x (float, N×…) and y (int, N) (np.savez, or x.npy and "
+        "y.npy zipped), or a zip of images: class-named folders, or images with a labels.csv"
+    )
     name: str | None = Field(None, max_length=200)
+    crop_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Image zips: resize so the image covers H×W / crop_fraction, then "
+        "center-crop H×W (default 1; 0.875 is the ImageNet 256→224)",
+    )
 
 
 AuditState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
@@ -178,10 +188,17 @@ class DatasetOut(Out):
     sha256: str
     size_bytes: int
     n: int = Field(description="Number of samples")
-    shape: list[int] = Field(description="Shape of one sample")
+    shape: list[int] = Field(
+        description="Shape of one sample; [] for images, decoded to the model's input shape"
+    )
     dtype: str
     num_classes: int
-    value_range: list[float] = Field(description="Smallest and largest value in x")
+    value_range: list[float] = Field(
+        description="Smallest and largest value in x; images: [0, 1] times the model's scale"
+    )
+    format: Literal["arrays", "images"] = Field(description="An .npz, or a zip of images")
+    class_names: list[str] | None = Field(description="Images: from the folders or labels.csv")
+    crop_fraction: float | None = Field(description="Images: the resize and crop, see upload")
     created_at: Timestamp
 
 

@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from infra.config import Settings
 from infra.persistence.models import Audit, AuditShard, AuditStatus, ShardStatus, utcnow
 from infra.storage import ArtifactStore
 from robustness.errors import AuditInputError, DatasetRejected, ModelRejected
+from robustness.image_datasets import image_target
 from robustness.report import merge_results
 from robustness.results import AuditResult, Manifest
 from worker import leases, render, runner, sandboxed
@@ -102,6 +103,7 @@ def aggregate(session: Session, audit_id: str) -> dict[str, Any]:
             "versions": versions(),
             "backend": merged.backend.value,
             "input_range": audit.model.input_range,
+            "class_names": audit.dataset.class_names or audit.model.class_names,
         }
     )
     return merged.model_copy(update={"manifest": manifest}).to_json()
@@ -259,9 +261,22 @@ def _payload(
         "input_range": audit.model.input_range,
         "output": audit.model.requested_output,
         "max_member_bytes": settings.max_npz_member_bytes,
+        "max_total_bytes": settings.max_npz_total_bytes,
+        "images": _image_target(audit),
         "threads": torch_threads(settings),
         "device": str(sandboxed.device()),
     }
+
+
+def _image_target(audit: Audit) -> dict[str, Any] | None:
+    """How the child decodes an image dataset for this model; None for an .npz."""
+    dataset, model = audit.dataset, audit.model
+    if dataset.format != "images":
+        return None
+    target = image_target(
+        model.intake["input"]["shape"], model.intake.get("preprocessing"), dataset.crop_fraction
+    )
+    return asdict(target)
 
 
 def _ended(

@@ -18,6 +18,7 @@ import torch
 from robustness import engine, loading
 from robustness.config import AuditConfig
 from robustness.datasets import load_npz
+from robustness.image_datasets import ImageLimits, ImageTarget, decode_images
 from robustness.results import BackendState, Manifest
 from robustness.spec import spec_from_config
 from worker.model_cache import MODELS
@@ -80,8 +81,7 @@ def run_shard(payload: dict[str, Any], emit: Emit) -> dict[str, Any]:
     spec = spec_from_config(config, payload["input_range"])
     if payload["position"] != 0:
         spec = replace(spec, landscape_samples=0)  # the first shard draws the surfaces
-    x, y = _read_dataset(payload["dataset_path"], int(payload["max_member_bytes"]))
-    x, y = x[start:stop].astype(np.float32), y[start:stop].astype(np.int64)
+    x, y = _samples(payload, start, stop)
     model_path = Path(payload["model_path"])
     loaded = MODELS.get(
         payload["model_sha256"],
@@ -124,6 +124,17 @@ def _read_dataset(path: str, max_member_bytes: int) -> tuple[np.ndarray, np.ndar
         _dataset = None  # free the old one before reading the next
         _dataset = (key, load_npz(Path(path), max_member_bytes=max_member_bytes))
     return _dataset[1]
+
+
+def _samples(payload: dict[str, Any], start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Samples [start, stop): sliced from the .npz, or decoded here, in the sandbox, if images."""
+    path = Path(payload["dataset_path"])
+    if payload.get("images"):
+        limits = ImageLimits(max_total_bytes=payload["max_total_bytes"])
+        x, y, _names = decode_images(path, ImageTarget(**payload["images"]), limits, start, stop)
+        return x, y
+    x, y = _read_dataset(str(path), int(payload["max_member_bytes"]))  # kept across shards
+    return x[start:stop].astype(np.float32), y[start:stop].astype(np.int64)
 
 
 def inspect_model(payload: dict[str, Any], _emit: Emit) -> dict[str, Any]:

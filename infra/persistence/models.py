@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -154,6 +155,10 @@ class Dataset(Base):
     dtype: Mapped[str] = mapped_column(String(20))
     num_classes: Mapped[int] = mapped_column(Integer)
     value_range: Mapped[list[Any]]
+    # "arrays" (an .npz) or "images" (a zip, decoded to the model's input at audit time).
+    format: Mapped[str] = mapped_column(String(16), default="arrays", server_default="arrays")
+    class_names: Mapped[list[Any] | None]
+    crop_fraction: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
 

@@ -28,7 +28,18 @@ def register(sub: Subparsers) -> None:
 
     run = sub.add_parser("run", help="run the audit engine in-process, no server")
     run.add_argument("model", type=Path, help="the ONNX file")
-    run.add_argument("data", type=Path, help=".npz with arrays x (float, N×…) and y (int, N)")
+    run.add_argument(
+        "data",
+        type=Path,
+        help=".npz with arrays x (float, N×…) and y (int, N), or a zip of images (class-named "
+        "folders, or a labels.csv), decoded to the model's input",
+    )
+    run.add_argument(
+        "--crop-fraction",
+        type=float,
+        default=None,
+        help="image zips: resize to cover H×W / this, then center-crop H×W (default 1)",
+    )
     run.add_argument(
         "--input-range", default="0,1", metavar="LO,HI", help="input bounds (default: 0,1)"
     )
@@ -122,14 +133,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace, progress: ProgressLine) -> dict[str, Any]:
     """Load the data and the model, run the engine; the result object, as the API has it."""
     from robustness import engine, loading
-    from robustness.datasets import load_npz
     from robustness.report import result_to_dict
     from robustness.spec import BackendKind, spec_from_config
 
     config = AUDIT_OPTIONS.build(args)
     spec = spec_from_config(config.model_dump(), parse_range(args.input_range))
     progress.note("loading the data and the model")
-    x, y = load_npz(args.data, max_member_bytes=8 << 30)
+    x, y = _local_samples(args)
     x, y = x[: spec.max_samples].astype("float32"), y[: spec.max_samples].astype("int64")
     device = loading.default_device()
     loaded = loading.load(
@@ -148,3 +158,17 @@ def _audit(args: argparse.Namespace, progress: ProgressLine) -> dict[str, Any]:
     }
     body["stage_seconds"] = result.stage_seconds
     return body
+
+
+def _local_samples(args: argparse.Namespace) -> tuple[Any, Any]:
+    """x and y from an .npz, or from an image zip decoded to the model's declared input."""
+    from robustness.datasets import is_array_zip, load_npz
+    from robustness.image_datasets import ImageLimits, decode_images, image_target
+    from robustness.onnx_graph import inspect, load_model_bytes
+
+    if is_array_zip(args.data):
+        return load_npz(args.data, max_member_bytes=8 << 30)
+    info = inspect(load_model_bytes(args.model.read_bytes()), args.output).to_dict()
+    target = image_target(info["input"]["shape"], None, args.crop_fraction)  # type: ignore[index]
+    x, y, _names = decode_images(args.data, target, ImageLimits(max_total_bytes=8 << 30))
+    return x, y

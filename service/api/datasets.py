@@ -14,7 +14,8 @@ from service.schemas import DatasetForm, DatasetOut, DatasetPage, DatasetPath, L
 bp = blueprint(
     "datasets",
     "/v1/datasets",
-    "Labelled samples to audit models on: an .npz with arrays x (float, N×…) and y (int, N).",
+    "Labelled samples to audit models on: an .npz with arrays x (float, N×…) and y (int, N), "
+    "or a zip of images (class-named folders, or a labels.csv).",
 )
 TOO_LARGE = {"description": "The file is over the size limit, or the tenant's storage quota"}
 
@@ -25,8 +26,12 @@ TOO_LARGE = {"description": "The file is over the size limit, or the tenant's st
     description=(
         "An .npz with `x` (float, N×…) and `y` (integer labels, N); answers 201, or 200 with "
         "the existing dataset for the same bytes.\n\n"
+        "Or a zip of PNG/JPEG/BMP/WebP images: class-named folders (ImageFolder), or images "
+        "with a top-level labels.csv (file,label). Images are decoded at audit time: resized "
+        "to cover the model's H×W / crop_fraction, center-cropped, scaled to [0, 1].\n\n"
         "Pickles, object arrays, zip bombs, NaN or inf values and mismatched lengths are "
-        "refused with 422."
+        "refused with 422; so are image zips with '..' or absolute paths, symlinks, nested "
+        "archives, too many members or pixels, and images whose headers do not parse."
     ),
 )
 def upload_dataset(form: DatasetForm) -> Response:
@@ -41,6 +46,7 @@ def upload_dataset(form: DatasetForm) -> Response:
         stream=form.file.stream,
         filename=form.file.filename,
         name=form.name,
+        crop_fraction=form.crop_fraction,
     )
     session.commit()
     return json_response(

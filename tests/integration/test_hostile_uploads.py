@@ -37,7 +37,7 @@ from infra.config import Settings
 from infra.persistence.migrate import upgrade
 from infra.persistence.session import make_engine
 from service.app import create_app
-from tests.factories import hostile
+from tests.factories import hostile, images
 from tests.factories.api import tenant_headers, upload_dataset, upload_model
 
 pytestmark = pytest.mark.integration
@@ -205,6 +205,8 @@ def _npz(x: np.ndarray, y: np.ndarray) -> Callable[[], bytes]:
 
 
 F32 = np.float32
+PNG = images.image_bytes(images.RED)
+BOMB = images.png_claiming(4000, 4000)  # under one image's cap; over the 1 MiB total's pixels
 
 
 def _dataset_cases() -> list[Case]:
@@ -216,8 +218,13 @@ def _dataset_cases() -> list[Case]:
         ("not-zip", lambda: b"x,y\n1,2\n", 422, "not an .npz"),
         ("missing-y", lambda: hostile.npz_bytes(x=ok_x), 422, "lacks array(s) ['y']"),
         ("nested-member", hostile.nested_member_npz, 422, "'sub/x'"),
-        ("duplicate-member", hostile.duplicate_member_npz, 422, "exactly the members"),
-        ("extra-member", lambda: hostile.npz_bytes(x=ok_x, y=ok_y, z=ok_y), 422, "'z.npy'"),
+        ("duplicate-member", hostile.duplicate_member_npz, 422, "exactly the arrays"),
+        (
+            "extra-member",
+            lambda: hostile.npz_bytes(x=ok_x, y=ok_y, z=ok_y),
+            422,
+            "found ['x', 'y', 'z']",
+        ),
         ("many-members", hostile.many_members_npz, 422, "5000 members"),
         ("lying-header", hostile.lying_header_npz, 422, "the file is damaged"),
         ("label-2^40", _npz(ok_x, np.array([0, 1 << 40])), 422, "the label 1099511627776"),
@@ -230,6 +237,10 @@ def _dataset_cases() -> list[Case]:
         ("negative-y", _npz(ok_x, np.array([0, -1])), 422, "negative labels"),
         ("length-mismatch", _npz(ok_x, np.zeros(3, np.int64)), 422, "2 samples but y has 3"),
         ("too-large", lambda: bytes(5 * MiB), 413, "limit of"),
+        ("image-zip-slip", lambda: images.zip_of({"../a/0.png": PNG}), 422, "climbs out"),
+        ("image-symlink", lambda: images.zip_of({"a/0.png": PNG}, ("a/0.png",)), 422, "link"),
+        ("image-undecodable", lambda: images.zip_of({"a/0.png": b"GIF8"}), 422, "not a readable"),
+        ("image-pixels", lambda: images.zip_of({"a/0.png": BOMB}), 422, "more than 262144 pixels"),
     ]
     return [Case(f"dataset-{n}", dataset(b), s, d) for n, b, s, d in specs]
 

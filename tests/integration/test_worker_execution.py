@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from infra.config import Settings
 from infra.persistence.models import Audit, AuditShard, Model
 from infra.storage import ArtifactStore
-from tests.factories import hostile
+from tests.factories import hostile, images
 from tests.factories.api import upload_dataset, upload_model
 from tests.factories.models import cnn_onnx, digits_split, natural_cnn, to_onnx
 from worker import execution, inspection, leases
@@ -120,6 +120,29 @@ def test_audit_runs_and_stores_the_contract_result(
     assert client.get(f"/v1/audits/{audit_id}/landscape/4", headers=auth).status_code == 404
     report = client.get(f"/v1/audits/{audit_id}/report", headers=auth).get_data(as_text=True)
     assert report.count("data:image/png;base64,") == 4
+
+
+@ONE_DATABASE
+def test_an_image_zip_is_decoded_in_the_worker_and_its_class_names_reported(
+    client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
+) -> None:
+    upload = upload_dataset(client, auth, images.folder_zip(per_class=3), crop_fraction="0.875")
+    assert upload.status_code == 201, upload.get_json()
+    data = upload.get_json()
+    assert (data["format"], data["n"], data["shape"]) == ("images", 6, [])
+    assert (data["class_names"], data["crop_fraction"]) == (["cat", "dog"], 0.875)
+    model_id = upload_model(client, auth, cnn_onnx(natural_cnn())).get_json()["id"]
+    resp = client.post(
+        "/v1/audits",
+        json={"model_id": model_id, "dataset_id": data["id"], "config": LIGHT},
+        headers=auth,
+    )
+    assert resp.status_code == 202, resp.get_json()
+    audit = run(db_session, settings, resp.get_json()["id"], shard_size=4)  # two shards
+    assert audit.status == "succeeded", audit.error
+    assert audit.result is not None
+    assert audit.result["samples"] == 6
+    assert audit.result["manifest"]["class_names"] == ["cat", "dog"]
 
 
 @ONE_DATABASE
