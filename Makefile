@@ -7,7 +7,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 # The venv is rebuilt when the project or its lock changes.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.lock | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.lock requirements/overrides.txt | sha256sum | cut -c1-12)
 # uv, itself pinned and hash-checked (requirements/tools.lock), installs the lock: cold (~3 GB of
 # wheels downloaded) in about a minute where pip took 3 to 5, and from its cache in seconds.
 TOOLS := .venv-tools
@@ -26,11 +26,13 @@ $(UV): requirements/tools.lock
 	$(TOOLS)/bin/python -m pip install -q --require-hashes -r requirements/tools.lock $(QUIET_PIP)
 	@touch $@
 
-# Every wheel comes from the lock, hash-checked; the project itself adds no dependency of its own
-# (--no-deps) and builds with the locked setuptools (--no-build-isolation).
-$(STAMP): pyproject.toml requirements/dev.lock | $(UV)
+# Every wheel comes from the lock, hash-checked and installed as locked (--no-deps: the lock is
+# complete, and its requests pin is overridden, see requirements/overrides.txt). The project
+# itself adds no dependency of its own (--no-deps) and builds with the locked setuptools
+# (--no-build-isolation).
+$(STAMP): pyproject.toml requirements/dev.lock requirements/overrides.txt | $(UV)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(UV) pip install --quiet --python $(BIN)/python --require-hashes -r requirements/dev.lock
+	$(UV) pip install --quiet --python $(BIN)/python --require-hashes --no-deps -r requirements/dev.lock
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
@@ -39,7 +41,8 @@ $(STAMP): pyproject.toml requirements/dev.lock | $(UV)
 # constraints, so every image runs the versions the tests ran.
 PROJECT := pyproject.toml requirements/build.in
 lock: | $(UV) ## Re-resolve requirements/*.lock (with hashes) from pyproject.toml
-	$(COMPILE) $(PROJECT) --extra worker --extra dev -o requirements/dev.lock
+	$(COMPILE) $(PROJECT) --extra worker --extra dev --override requirements/overrides.txt \
+		-o requirements/dev.lock
 	$(COMPILE) $(PROJECT) -c requirements/dev.lock -o requirements/api.lock
 	$(COMPILE) $(PROJECT) -c requirements/dev.lock --extra gpu -o requirements/worker-gpu.lock
 	$(COMPILE) requirements/tools.in -o requirements/tools.lock
