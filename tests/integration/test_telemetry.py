@@ -63,7 +63,10 @@ def test_metrics_read_the_database_and_the_broker_at_scrape_time(
             # finished before the window: not part of the current rate
             AuditShard(audit_id=audit_id, position=2, start=60, stop=90, status="done",
                        finished_at=now - timedelta(minutes=10)),
-            AuditShard(audit_id=audit_id, position=3, start=90, stop=99),
+            AuditShard(audit_id=audit_id, position=3, start=90, stop=95),  # waits: compute
+            # leased by a live worker: the audit shows `running` only while one shard is
+            AuditShard(audit_id=audit_id, position=4, start=95, stop=99, status="running",
+                       worker="w1", heartbeat_at=now),
         ]
     )  # fmt: skip
     db_session.commit()
