@@ -9,10 +9,10 @@ only by the lease holder of a running audit, so nothing lands after a cancel.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import Row, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from infra.dispatch import STARTED, settle_cancel
@@ -107,6 +107,22 @@ def claim_shard(
     if capped and _over_cap(session, audit_id, int(max_running or 0)):
         return _defer(session, audit_id, position)
     now = utcnow()
+    if not _mark_audit_running(session, audit_id, now):
+        session.rollback()
+        return None
+    row = _lease_shard_row(session, audit_id, position, worker, now, stale_after_s)
+    if row is None:
+        session.rollback()  # done, or running on a live worker: a duplicate delivery
+        return None
+    if row.done:  # a taken-over shard starts again from zero
+        _add_progress(session, audit_id, -row.done)
+        session.execute(update(AuditShard).where(AuditShard.id == row.id).values(done=0))
+    session.commit()
+    return Claim(row.id, row.start, row.stop, row.attempts, row.last_error)
+
+
+def _mark_audit_running(session: Session, audit_id: str, now: datetime) -> bool:
+    """queued → running (or a running audit touched); False if cancelled or ended. Locks the row."""
     audit = session.execute(
         update(Audit)
         .where(
@@ -121,11 +137,16 @@ def claim_shard(
             stage="loading",  # the child's setup and the model's load come first
         )
     )
-    if audit.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()
-        return None
+    return bool(audit.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _lease_shard_row(
+    session: Session, audit_id: str, position: int, worker: str, now: datetime, stale_after_s: float
+) -> Row[str, int, int, int, str | None, int] | None:
+    """pending, or running but silent for `stale_after_s` (or on this very worker) → ours."""
     stale = now - timedelta(seconds=stale_after_s)
-    row = session.execute(
+    live_here = and_(AuditShard.status == ShardStatus.RUNNING.value, AuditShard.worker == worker)
+    return session.execute(
         update(AuditShard)
         .where(
             AuditShard.audit_id == audit_id,
@@ -144,16 +165,7 @@ def claim_shard(
             heartbeat_at=now,
             # the same live worker again (a task retried after a database or broker error):
             # the attempt did not die, so it is not counted twice
-            attempts=case(
-                (
-                    and_(
-                        AuditShard.status == ShardStatus.RUNNING.value,
-                        AuditShard.worker == worker,
-                    ),
-                    AuditShard.attempts,
-                ),
-                else_=AuditShard.attempts + 1,
-            ),
+            attempts=case((live_here, AuditShard.attempts), else_=AuditShard.attempts + 1),
         )
         .returning(
             AuditShard.id,
@@ -164,14 +176,6 @@ def claim_shard(
             AuditShard.done,
         )
     ).one_or_none()
-    if row is None:
-        session.rollback()  # done, or running on a live worker: a duplicate delivery
-        return None
-    if row.done:  # a taken-over shard starts again from zero
-        _add_progress(session, audit_id, -row.done)
-        session.execute(update(AuditShard).where(AuditShard.id == row.id).values(done=0))
-    session.commit()
-    return Claim(row.id, row.start, row.stop, row.attempts, row.last_error)
 
 
 def _add_progress(session: Session, audit_id: str, delta: int) -> None:
