@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from robustness.errors import AuditInputError
 
@@ -64,18 +64,22 @@ class Preprocessing(BaseModel):
         Layout.NCHW, description="The graph's input layout: NCHW, or NHWC (channels last)"
     )
 
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, std: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if std is not None and not all(s > 0 for s in std):
+            raise ValueError(f"std {list(std)} must be > 0 for every channel")
+        return std
+
     @model_validator(mode="after")
     def _mean_and_std_together(self) -> Preprocessing:
         if (self.mean is None) != (self.std is None):
             raise ValueError("give mean and std together (one value per channel each)")
-        if self.mean is not None and self.std is not None:
-            if len(self.mean) != len(self.std):
-                raise ValueError(
-                    f"mean has {len(self.mean)} values and std {len(self.std)}; "
-                    "give one of each per channel"
-                )
-            if not all(s > 0 for s in self.std):
-                raise ValueError(f"std {list(self.std)} must be > 0 for every channel")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError(
+                f"mean has {len(self.mean)} values and std {len(self.std)}; "
+                "give one of each per channel"
+            )
         return self
 
     @property

@@ -130,7 +130,7 @@ def parse_range(value: str | list[float] | None) -> list[float]:
     return parts
 
 
-def parse_preprocessing(value: str | dict[str, Any] | None) -> Preprocessing | None:
+def parse_preprocessing(value: str | dict[str, Any] | list[Any] | None) -> Preprocessing | None:
     """The `preprocessing` field: a JSON object of robustness.preprocessing.Preprocessing."""
     if value is None or value == "":
         return None
@@ -155,15 +155,20 @@ def parse_preprocessing(value: str | dict[str, Any] | None) -> Preprocessing | N
         raise Unprocessable(problems) from exc
 
 
-def _model_range(
-    pre: Preprocessing | None, input_range: str | list[float] | None, intake: dict[str, Any]
-) -> list[float]:
+def _model_range(pre: Preprocessing | None, input_range: str | list[float] | None) -> list[float]:
     """The stored input range: [0, scale] with preprocessing; 422 if they contradict."""
+    declared = None if input_range in (None, "") else parse_range(input_range)
+    try:
+        return resolve_range(pre, declared) or parse_range(None)
+    except AuditInputError as exc:
+        raise Unprocessable(str(exc)) from exc
+
+
+def _check_preprocessing(pre: Preprocessing | None, intake: dict[str, Any]) -> None:
+    """422 if the declared preprocessing cannot apply to the model's input (channels, rank)."""
     try:
         if pre is not None:
             pre.check_input(intake["input"]["shape"])
-        declared = None if input_range in (None, "") else parse_range(input_range)
-        return resolve_range(pre, declared) or parse_range(None)
     except AuditInputError as exc:
         raise Unprocessable(str(exc)) from exc
 
@@ -204,7 +209,7 @@ def create_model(
     input_range: str | list[float] | None,
     output: str | None,
     class_names: str | list[str] | None,
-    preprocessing: str | dict[str, Any] | None = None,
+    preprocessing: str | dict[str, Any] | list[Any] | None = None,
 ) -> tuple[Model, bool]:
     """Check, inspect and store an ONNX model; (row, created). Same bytes → the existing row."""
     pre = parse_preprocessing(preprocessing)
@@ -213,11 +218,10 @@ def create_model(
         if existing is not None:
             _same_preprocessing(existing[0], pre)
             return existing
-        if input_range not in (None, ""):
-            parse_range(input_range)  # a malformed range fails before the intake runs
+        value_range = _model_range(pre, input_range)
         names = parse_class_names(class_names)
         info = _intake_model(staged.path, output, settings)
-        value_range = _model_range(pre, input_range, info)
+        _check_preprocessing(pre, info)
         num_classes = info["output"]["num_classes"]
         if names is not None and num_classes is not None and len(names) != num_classes:
             raise Unprocessable(

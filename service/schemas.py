@@ -64,7 +64,8 @@ class ModelForm(_Form):
     input_range: str | list[float] | None = Field(
         None, description="Input bounds 'lo,hi' (default 0,1; with preprocessing: 0,scale)"
     )
-    preprocessing: str | dict[str, Any] | None = Field(
+    # A list is accepted here only to be refused with a clear detail (catalog.py).
+    preprocessing: str | dict[str, Any] | list[Any] | None = Field(
         None,
         description='JSON object {"scale": 1|255, "mean": [...], "std": [...], "layout": '
         '"NCHW"|"NHWC"}: the audit runs in pixel space [0, scale] with (x − mean) / std '

@@ -103,7 +103,7 @@ def aggregate(session: Session, audit_id: str) -> dict[str, Any]:
             "versions": versions(),
             "backend": merged.backend.value,
             "input_range": audit.model.input_range,
-            "preprocessing": audit.model.preprocessing,
+            "preprocessing": audit.model.declared_preprocessing(),
             "class_names": audit.dataset.class_names or audit.model.class_names,
         }
     )

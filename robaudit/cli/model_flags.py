@@ -131,6 +131,9 @@ class ModelFlags(Generic[M]):
         problems = []
         for error in exc.errors():
             loc = tuple(str(part) for part in error["loc"])
+            if not loc:  # a rule across fields: its message names them
+                problems.append(str(error["msg"]))
+                continue
             where = next(
                 (flags[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in flags),
                 "--config " + ".".join(loc),

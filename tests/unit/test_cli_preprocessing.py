@@ -68,3 +68,11 @@ def test_flag_choices_are_the_model_fields(
         main(["check", str(outside[0]), *flags])
     assert exited.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_submit_refuses_bad_preprocessing_before_uploading(
+    outside: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["submit", *map(str, outside), "--mean", "0.5", "--std", "-1"]
+    assert main(argv) == 2  # no server is running: nothing was sent
+    assert "--std: Value error, std [-1.0] must be > 0" in capsys.readouterr().err
