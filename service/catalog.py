@@ -173,15 +173,24 @@ def _check_preprocessing(pre: Preprocessing | None, intake: dict[str, Any]) -> N
         raise Unprocessable(str(exc)) from exc
 
 
-def _same_preprocessing(row: Model, pre: Preprocessing | None) -> None:
-    """Same bytes with another declared preprocessing: refused, never silently ignored."""
-    if pre is not None and row.preprocessing != pre.model_dump(mode="json"):
+def _same_preprocessing(
+    row: Model, restored: bool, pre: Preprocessing | None, input_range: str | list[float] | None
+) -> None:
+    """Same bytes with another declared preprocessing: refused while the model is live, never
+    silently ignored; deleted bytes uploaded again come back with what this upload declares."""
+    if pre is None or row.preprocessing == pre.model_dump(mode="json"):
+        return
+    if not restored:
         raise Problem(
             409,
             "Conflict",
             f"these bytes are already model {row.id} with preprocessing {row.preprocessing}; "
-            "a model's preprocessing cannot change: delete it and upload again",
+            "a live model's preprocessing cannot change: delete it, then upload it again with "
+            "the new preprocessing",
         )
+    _check_preprocessing(pre, row.intake)
+    row.input_range = _model_range(pre, input_range)
+    row.preprocessing = pre.model_dump(mode="json")
 
 
 def parse_class_names(value: str | list[str] | None) -> list[str] | None:
@@ -216,7 +225,7 @@ def create_model(
     with _staged(store, stream, settings.max_model_bytes) as staged:
         existing = _restore_same_bytes(session, Model, tenant_id, staged.sha256)
         if existing is not None:
-            _same_preprocessing(existing[0], pre)
+            _same_preprocessing(*existing, pre, input_range)
             return existing
         value_range = _model_range(pre, input_range)
         names = parse_class_names(class_names)

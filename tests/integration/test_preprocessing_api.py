@@ -128,3 +128,7 @@ def test_nhwc_on_a_flat_input_is_422_and_other_preprocessing_for_the_same_bytes_
     other = upload_model(client, auth, flat, preprocessing=json.dumps({"scale": 1}))
     assert other.status_code == 409
     assert "cannot change" in other.get_json()["detail"]
+    assert client.delete(f"/v1/models/{first['id']}", headers=auth).status_code == 204
+    back = upload_model(client, auth, flat, preprocessing=json.dumps({"scale": 1}))
+    assert back.status_code == 201, back.get_json()  # deleted bytes return as now declared
+    assert (back.get_json()["id"], back.get_json()["input_range"]) == (first["id"], [0.0, 1.0])

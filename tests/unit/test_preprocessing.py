@@ -159,3 +159,28 @@ def test_the_prepended_graph_stays_a_valid_onnx_model() -> None:
     mean = next(i for i in out.graph.initializer if i.name == "input__mean")
     assert list(mean.dims) == [3]  # broadcast on the last axis
     assert [i.name for i in out.graph.input] == ["input__pixels"]
+
+
+@pytest.mark.parametrize("layout", [Layout.NCHW, Layout.NHWC])
+def test_both_converters_map_the_prepended_nodes_to_torch_ops_with_a_gradient(
+    layout: Layout,
+) -> None:
+    from robustness.backends.torch_backend import CONVERTERS, TorchBackend
+    from robustness.onnx_graph import scores_graph
+    from robustness.onnx_normalization import prepend_normalization
+
+    inside, outside = twins(layout)
+    x, _ = pixels(layout, 4)
+    model = prepend_normalization(
+        load_model_bytes(outside), "input", Preprocessing(mean=MEAN, std=STD, layout=layout)
+    )
+    graph = scores_graph(model, inspect(model))
+    want = load(inside, x, device=CPU).reference.raw_outputs(torch.from_numpy(x)).numpy()
+    for converter in CONVERTERS:
+        backend = TorchBackend(graph, log_probabilities=False, device=CPU, converter=converter)
+        got = backend.raw_outputs(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=converter)
+        grad = torch.from_numpy(x).requires_grad_(True)
+        backend.scores(grad).sum().backward()
+        assert grad.grad is not None
+        assert float(grad.grad.abs().sum()) > 0, converter
