@@ -12,6 +12,7 @@ wins); every other error answer raises `ApiError` carrying the problem+json `det
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -166,14 +167,19 @@ class Client:
         input_range: str | None = None,
         output: str | None = None,
         class_names: Sequence[str] | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """POST /v1/models. The same bytes again return the existing model."""
+        """POST /v1/models. The same bytes again return the existing model.
+
+        `preprocessing`: {"scale", "mean", "std", "layout"} (robustness.preprocessing); the
+        audit then runs in pixel space [0, scale]."""
         fields = {
             "name": name,
             "version": version,
             "input_range": input_range,
             "output": output,
             "class_names": ",".join(class_names) if class_names is not None else None,
+            "preprocessing": json.dumps(dict(preprocessing)) if preprocessing is not None else None,
         }
         with file.open("rb") as stream:
             model: dict[str, Any] = self.upload("/v1/models", file.name, stream, fields)

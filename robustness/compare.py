@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from robustness.config import AuditConfig, BackendKind
-from robustness.results import AuditResult, EpsilonResult, Verdict
+from robustness.results import AuditResult, EpsilonResult, Manifest, Verdict
 
 ComparisonVerdict = Literal["better", "same", "worse", "regressed", "incomparable"]
 # Audits written before the engine recorded its search algorithm ran this one.
@@ -143,8 +143,7 @@ def incomparable_reasons(
     bm, cm = baseline.manifest, candidate.manifest
     pairs += [
         ("dataset (sha256)", bm and bm.dataset_sha256, cm and cm.dataset_sha256),
-        ("preprocessing: input_range", bm and bm.input_range, cm and cm.input_range),
-        ("preprocessing", bm and bm.preprocessing, cm and cm.preprocessing),
+        ("pixel space (the input range ε is measured in)", _space(bm), _space(cm)),
     ]
     reasons += [f"{name} differs: {b} vs {c}" for name, b, c in pairs if _differ(b, c)]
     return reasons
@@ -213,6 +212,19 @@ def _at_epsilon(
 
 def _algorithm(result: AuditResult) -> str:
     return result.search.algorithm if result.search is not None else DEFAULT_ALGORITHM
+
+
+def _space(manifest: Manifest | None) -> list[float] | None:
+    """The range ε was measured in: [0, scale] for declared preprocessing, else input_range.
+
+    Mean, std and layout are not compared: normalizing inside the graph or declaring it
+    outside measures the same pixel-space ball, and an L∞ or L2 ball ignores the layout.
+    """
+    if manifest is None:
+        return None
+    if manifest.preprocessing is not None:
+        return list(manifest.preprocessing.pixel_range)
+    return None if manifest.input_range is None else [float(v) for v in manifest.input_range]
 
 
 def _epsilons(result: AuditResult) -> list[float]:

@@ -52,7 +52,8 @@ def check_inputs(x: np.ndarray, y: np.ndarray, spec: AuditSpec) -> None:
     if x.min() < lo - 1e-6 or x.max() > hi + 1e-6:
         raise AuditInputError(
             f"x spans [{x.min():.4g}, {x.max():.4g}], outside the model's declared input range "
-            f"[{lo}, {hi}]; rescale the data or declare the model's input_range"
+            f"[{lo}, {hi}]; rescale the data or declare the model's input_range (or its "
+            "preprocessing scale, for pixels in [0, 255])"
         )
 
 

@@ -38,6 +38,7 @@ from robustness.datasets import (
     zip_entry_count,
 )
 from robustness.errors import DatasetRejected
+from robustness.preprocessing import Layout, Preprocessing
 
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")  # Pillow parses nothing else for us
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
@@ -48,7 +49,7 @@ LABELS_CSV = "labels.csv"
 MAX_MEMBERS = MAX_ZIP_ENTRIES
 MAX_IMAGE_PIXELS = 64 << 20  # one image; Pillow's own bomb guard starts at ~89M
 MAX_CSV_BYTES = 16 << 20
-LAYOUTS = ("NCHW", "NHWC")
+LAYOUTS = tuple(layout.value for layout in Layout)
 _JUNK = ("__MACOSX/",)  # what macOS Finder adds to every zip it makes
 
 
@@ -283,15 +284,14 @@ def _check_class_count(names: list[str]) -> None:
 
 def image_target(
     input_shape: list[int | str | None],
-    preprocessing: dict[str, object] | None = None,
+    preprocessing: Preprocessing | None = None,
     crop_fraction: float | None = None,
 ) -> ImageTarget:
-    """The decoded sample a model takes: its fixed C, H, W in its layout, at its scale."""
-    pre = preprocessing or {}
-    layout = str(pre.get("layout") or "NCHW")
-    scale = float(pre.get("scale") or 1.0)  # type: ignore[arg-type]
+    """The decoded sample a model takes: its fixed C, H, W in its layout, in pixel space."""
+    pre = preprocessing or Preprocessing()
+    layout, scale = pre.layout.value, float(pre.scale)
     dims = list(input_shape[1:])
-    if layout not in LAYOUTS or len(dims) != 3:
+    if len(dims) != 3:
         raise DatasetRejected(
             f"an image dataset needs a model taking N×C×H×W or N×H×W×C images; this one takes "
             f"{list(input_shape)} ({layout})"

@@ -17,9 +17,11 @@ from robustness.backends.torch_backend import CONVERTERS, TorchBackend, parity
 from robustness.config import BackendKind
 from robustness.errors import AuditInputError, ModelRejected
 from robustness.onnx_contrib import CONTRIB, contrib_ops, lower_contrib_ops
-from robustness.onnx_graph import ModelInfo, inspect, load_model_bytes, scores_graph
+from robustness.onnx_graph import ModelInfo, data_input, inspect, load_model_bytes, scores_graph
 from robustness.onnx_lowering import batchnorm_inference_mode, lower_ml_ops
+from robustness.onnx_normalization import prepend_normalization
 from robustness.onnx_precision import HALF_PARITY_RTOL, float32_copy, half_input_type
+from robustness.preprocessing import Preprocessing
 
 PARITY_RTOL = 1e-4
 BATCH_CHECK_SAMPLES = 2  # samples scored one at a time against the batch at intake
@@ -110,10 +112,12 @@ def load(
     device: torch.device,
     seed: int = 0,
     fd_directions: int = 64,
+    preprocessing: Preprocessing | None = None,
 ) -> LoadedModel:
     """Load, convert and parity-check; fall back to onnxruntime when torch cannot be trusted.
 
-    `probe` holds real inputs (the audit's own samples) for the parity check.
+    `probe` holds real inputs (the audit's own samples) for the parity check; with
+    `preprocessing` they are pixels, and its normalization is prepended to the graph.
     """
     model = load_model_bytes(data)
     info = inspect(model, output)
@@ -121,6 +125,8 @@ def load(
     model, info, notes = _widened(model, info, output, probe)
     model, info, lowered = _lowered(model, info, output, probe)
     notes += lowered
+    if preprocessing is not None:
+        model, info = _preprocessed(model, info, preprocessing, notes)
     log_probs = info.kind == "probabilities" and not info.softmax_stripped
 
     def session(graph: onnx.ModelProto) -> tuple[OrtBackend, np.ndarray]:
@@ -191,6 +197,24 @@ def _widened(
         )
     note = f"float16 graph computed in float32 (checked: relative |Δ| {rel:.1e} ≤ {tolerance:.0e})"
     return wide, wide_info, [note]
+
+
+def _preprocessed(
+    model: onnx.ModelProto, info: ModelInfo, pre: Preprocessing, notes: list[str]
+) -> tuple[onnx.ModelProto, ModelInfo]:
+    """The graph with the declared normalization in front: it takes pixels from here on."""
+    pre.check_input(info.input_shape)
+    if not pre.normalizes:
+        notes.append(f"preprocessing: {pre.describe()}")
+        return model, info
+    if info.input_normalization is not None:
+        notes.append(
+            f"mean/std declared although the graph normalizes its input itself "
+            f"({info.input_normalization}): the input is normalized twice"
+        )
+    model = prepend_normalization(model, info.input_name, pre)
+    notes.append(f"preprocessing: {pre.describe()}")
+    return model, replace(info, input_name=data_input(model).name)
 
 
 def _ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

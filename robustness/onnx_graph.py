@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from robustness.errors import ModelRejected
+from robustness.onnx_normalization import input_normalization
 from robustness.onnx_safety import IntakeLimits, check_parsed, prescan
 
 MAX_INPUT_ELEMENTS = 50_000_000  # per sample; a 4k RGB image is 50M
@@ -45,6 +46,8 @@ class ModelInfo:
     softmax_stripped: bool
     fixed_batch: bool
     notes: tuple[str, ...] = field(default=())
+    # "Sub by [..], Div by [..]": the graph's first nodes normalize its input already.
+    input_normalization: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -62,6 +65,7 @@ class ModelInfo:
                 "softmax_stripped": self.softmax_stripped,
             },
             "fixed_batch": self.fixed_batch,
+            "input_normalization": self.input_normalization,
             "notes": list(self.notes),
         }
 
@@ -125,6 +129,12 @@ def inspect(model: onnx.ModelProto, output: str | None = None) -> ModelInfo:
     if num_classes is not None and num_classes < 2:
         raise ModelRejected(f"output {score!r} has {num_classes} class; a classifier needs two")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    normalizes = input_normalization(model, inp.name)
+    if normalizes is not None:
+        notes.append(
+            f"the graph already normalizes its input ({normalizes}); declaring mean/std too "
+            "would normalize twice"
+        )
     return ModelInfo(
         opset=opset,
         ir_version=model.ir_version,
@@ -137,6 +147,7 @@ def inspect(model: onnx.ModelProto, output: str | None = None) -> ModelInfo:
         softmax_stripped=strip_from is not None,
         fixed_batch=shape[0] == 1,
         notes=tuple(notes),
+        input_normalization=normalizes,
     )
 
 

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from robustness.config import BackendKind, Norm
+from robustness.preprocessing import Preprocessing
 
 
 class ResultModel(BaseModel):
@@ -171,7 +172,9 @@ class Manifest(ResultModel):
     notes: list[str] | None = None
     input_range: list[float] | None = None
     shards: int | None = None
-    preprocessing: dict[str, Any] | None = None
+    preprocessing: Preprocessing | None = Field(
+        None, description="The model's declared preprocessing: ε is in its pixel space"
+    )
     class_names: list[str] | None = None  # the dataset's (image folders, labels.csv) or model's
 
 

@@ -102,7 +102,7 @@ def _check_fit(model: Model, dataset: Dataset) -> DatasetFacts:
     )
     if dataset.format == "images":  # decoded to the model's input: its shape, [0, scale]
         target = image_target(
-            model.intake["input"]["shape"], model.intake.get("preprocessing"), dataset.crop_fraction
+            model.intake["input"]["shape"], model.declared_preprocessing(), dataset.crop_fraction
         )
         facts = replace(facts, shape=target_shape(target), value_range=[0.0, target.scale])
     check_fit(

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -19,8 +20,10 @@ from infra.persistence.models import Dataset, Model, utcnow
 from infra.sandbox import ChildRaised, LimitExceeded, Limits, SandboxError, run_sandboxed
 from infra.storage import ArtifactStore, StoredArtifact, TooLarge
 from robustness.datasets import DatasetFacts, is_array_zip, scan_npz
+from robustness.errors import AuditInputError
 from robustness.image_datasets import ImageLimits, scan_images
 from robustness.onnx_safety import IntakeLimits
+from robustness.preprocessing import Preprocessing, resolve_range
 from service.errors import NotFound, Problem, Unprocessable
 from service.limits import FLOAT32_MAX
 from service.pagination import paginate
@@ -127,6 +130,69 @@ def parse_range(value: str | list[float] | None) -> list[float]:
     return parts
 
 
+def parse_preprocessing(value: str | dict[str, Any] | list[Any] | None) -> Preprocessing | None:
+    """The `preprocessing` field: a JSON object of robustness.preprocessing.Preprocessing."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise Unprocessable(
+                f"preprocessing is not JSON ({exc.msg}); send an object such as "
+                '{"scale": 1, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], '
+                '"layout": "NCHW"}'
+            ) from exc
+    if not isinstance(value, dict):
+        raise Unprocessable("preprocessing must be a JSON object with scale, mean, std, layout")
+    try:
+        return Preprocessing.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in ('preprocessing', *e['loc']))}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise Unprocessable(problems) from exc
+
+
+def _model_range(pre: Preprocessing | None, input_range: str | list[float] | None) -> list[float]:
+    """The stored input range: [0, scale] with preprocessing; 422 if they contradict."""
+    declared = None if input_range in (None, "") else parse_range(input_range)
+    try:
+        return resolve_range(pre, declared) or parse_range(None)
+    except AuditInputError as exc:
+        raise Unprocessable(str(exc)) from exc
+
+
+def _check_preprocessing(pre: Preprocessing | None, intake: dict[str, Any]) -> None:
+    """422 if the declared preprocessing cannot apply to the model's input (channels, rank)."""
+    try:
+        if pre is not None:
+            pre.check_input(intake["input"]["shape"])
+    except AuditInputError as exc:
+        raise Unprocessable(str(exc)) from exc
+
+
+def _same_preprocessing(
+    row: Model, restored: bool, pre: Preprocessing | None, input_range: str | list[float] | None
+) -> None:
+    """Same bytes with another declared preprocessing: refused while the model is live, never
+    silently ignored; deleted bytes uploaded again come back with what this upload declares."""
+    if pre is None or row.preprocessing == pre.model_dump(mode="json"):
+        return
+    if not restored:
+        raise Problem(
+            409,
+            "Conflict",
+            f"these bytes are already model {row.id} with preprocessing {row.preprocessing}; "
+            "a live model's preprocessing cannot change: delete it, then upload it again with "
+            "the new preprocessing",
+        )
+    _check_preprocessing(pre, row.intake)
+    row.input_range = _model_range(pre, input_range)
+    row.preprocessing = pre.model_dump(mode="json")
+
+
 def parse_class_names(value: str | list[str] | None) -> list[str] | None:
     if value is None or value == "":
         return None
@@ -152,15 +218,19 @@ def create_model(
     input_range: str | list[float] | None,
     output: str | None,
     class_names: str | list[str] | None,
+    preprocessing: str | dict[str, Any] | list[Any] | None = None,
 ) -> tuple[Model, bool]:
     """Check, inspect and store an ONNX model; (row, created). Same bytes → the existing row."""
+    pre = parse_preprocessing(preprocessing)
     with _staged(store, stream, settings.max_model_bytes) as staged:
         existing = _restore_same_bytes(session, Model, tenant_id, staged.sha256)
         if existing is not None:
+            _same_preprocessing(*existing, pre, input_range)
             return existing
-        value_range = parse_range(input_range)
+        value_range = _model_range(pre, input_range)
         names = parse_class_names(class_names)
         info = _intake_model(staged.path, output, settings)
+        _check_preprocessing(pre, info)
         num_classes = info["output"]["num_classes"]
         if names is not None and num_classes is not None and len(names) != num_classes:
             raise Unprocessable(
@@ -177,6 +247,7 @@ def create_model(
         input_range=value_range,
         requested_output=output,
         class_names=names,
+        preprocessing=None if pre is None else pre.model_dump(mode="json"),
         intake=info,
         backends={
             "torch": {"ok": None, "parity_max_abs_diff": None, "reason": PENDING},
@@ -298,6 +369,7 @@ def model_json(row: Model) -> dict[str, Any]:
         "output": {"name": out["name"], "num_classes": out["num_classes"], "kind": out["kind"]},
         "backends": row.backends,
         "class_names": row.class_names,
+        "preprocessing": row.preprocessing,
         "notes": intake.get("notes", []),
         "created_at": row.created_at.isoformat(),
     }

@@ -13,6 +13,7 @@ from infra.persistence.models import Audit, AuditStatus
 from infra.storage import ArtifactStore
 from robustness.compare import compare
 from robustness.config import AuditConfig
+from robustness.preprocessing import Preprocessing, epsilon_label
 from robustness.results import AuditResult
 from service.audits import audit_out, estimate, get_audit, stored_result
 from service.catalog import dataset_json, model_json
@@ -103,7 +104,11 @@ def report_html(data: dict[str, Any], store: ArtifactStore) -> str:
     audit = data["audit"]
     result = audit["result"] or {}
     diag = result.get("diagnostics", {})
+    per_epsilon = result.get("per_epsilon", [])
+    labels, space = _epsilon_units(result.get("manifest") or {}, data["model"], per_epsilon)
     return _TEMPLATES.get_template("report.html").render(
+        eps_labels=labels,
+        space=space,
         audit=audit,
         model=data["model"],
         dataset=data["dataset"],
@@ -118,6 +123,24 @@ def report_html(data: dict[str, Any], store: ArtifactStore) -> str:
         pictures=_pictures(result, store),
         manifest=json.dumps(result.get("manifest", {}), indent=2, sort_keys=True),
     )
+
+
+def _epsilon_units(
+    manifest: dict[str, Any], model: dict[str, Any], per_epsilon: list[dict[str, Any]]
+) -> tuple[list[str], str]:
+    """Each ε in the units it was measured in, and a sentence naming that space."""
+    stored = manifest.get("preprocessing", model.get("preprocessing"))
+    pre = None if stored is None else Preprocessing.model_validate(stored)
+    value_range = manifest.get("input_range") or model.get("input_range")
+    labels = [epsilon_label(p["epsilon"], value_range, pre) for p in per_epsilon]
+    if pre is None:
+        space = (
+            f"ε is in the model's input units, range {value_range}: no preprocessing was "
+            "declared, so the ball is in whatever space the graph takes."
+        )
+    else:
+        space = f"ε is in pixel space: {pre.describe()}."
+    return labels, space
 
 
 def _pictures(result: dict[str, Any], store: ArtifactStore) -> list[dict[str, Any]]:

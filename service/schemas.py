@@ -17,6 +17,7 @@ from pydantic import BaseModel as _PydanticModel
 
 from robustness.compare import Comparison
 from robustness.config import AuditConfig
+from robustness.preprocessing import Preprocessing
 from robustness.results import AuditResult, BackendState, EpsilonResult
 
 
@@ -61,7 +62,14 @@ class ModelForm(_Form):
     name: str | None = Field(None, max_length=200)
     version: str | None = Field(None, max_length=100)
     input_range: str | list[float] | None = Field(
-        None, description="Input bounds 'lo,hi' (default 0,1)"
+        None, description="Input bounds 'lo,hi' (default 0,1; with preprocessing: 0,scale)"
+    )
+    # A list is accepted here only to be refused with a clear detail (catalog.py).
+    preprocessing: str | dict[str, Any] | list[Any] | None = Field(
+        None,
+        description='JSON object {"scale": 1|255, "mean": [...], "std": [...], "layout": '
+        '"NCHW"|"NHWC"}: the audit runs in pixel space [0, scale] with (x − mean) / std '
+        "prepended to the graph",
     )
     output: str | None = Field(None, max_length=200, description="The output name to audit")
     class_names: str | list[str] | None = Field(
@@ -176,6 +184,9 @@ class ModelOut(Out):
     output: OutputSpec
     backends: dict[str, BackendState] = Field(description="torch and onnxruntime status")
     class_names: list[str] | None
+    preprocessing: Preprocessing | None = Field(
+        None, description="Declared preprocessing: pixel space [0, scale], mean/std, layout"
+    )
     notes: list[str] = Field(description="What intake changed or noticed (e.g. Softmax stripped)")
     created_at: Timestamp
 

@@ -103,6 +103,7 @@ def aggregate(session: Session, audit_id: str) -> dict[str, Any]:
             "versions": versions(),
             "backend": merged.backend.value,
             "input_range": audit.model.input_range,
+            "preprocessing": audit.model.declared_preprocessing(),
             "class_names": audit.dataset.class_names or audit.model.class_names,
         }
     )
@@ -259,6 +260,7 @@ def _payload(
         "position": position,
         "config": audit.config,
         "input_range": audit.model.input_range,
+        "preprocessing": audit.model.preprocessing,
         "output": audit.model.requested_output,
         "max_member_bytes": settings.max_npz_member_bytes,
         "max_total_bytes": settings.max_npz_total_bytes,
@@ -274,7 +276,7 @@ def _image_target(audit: Audit) -> dict[str, Any] | None:
     if dataset.format != "images":
         return None
     target = image_target(
-        model.intake["input"]["shape"], model.intake.get("preprocessing"), dataset.crop_fraction
+        model.intake["input"]["shape"], model.declared_preprocessing(), dataset.crop_fraction
     )
     return asdict(target)
 

@@ -50,6 +50,7 @@ def inspect_model(
         "model_path": path,
         "shape": shape,
         "input_range": model.input_range,
+        "preprocessing": model.preprocessing,
         "output": model.requested_output,
         "threads": torch_threads(settings),
         "device": str(sandboxed.device()),

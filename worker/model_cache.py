@@ -10,11 +10,12 @@ import numpy as np
 import torch
 
 from robustness import loading
+from robustness.preprocessing import Preprocessing
 from robustness.spec import BackendKind
 
 CAPACITY = 2  # converted models can hold gigabytes of weights, on the GPU too
 
-Key = tuple[str, str | None, BackendKind, str]
+Key = tuple[str, str | None, BackendKind, str, Preprocessing | None]
 
 
 class ModelCache:
@@ -37,8 +38,10 @@ class ModelCache:
         device: torch.device,
         seed: int,
         fd_directions: int,
+        preprocessing: Preprocessing | None = None,
     ) -> loading.LoadedModel:
-        key: Key = (sha256, output, backend, f"{device}|{fd_directions}")
+        # The same bytes under another preprocessing are another graph (another tenant's).
+        key: Key = (sha256, output, backend, f"{device}|{fd_directions}", preprocessing)
         cached = self.entries.get(key)
         if cached is not None:
             self.hits += 1
@@ -47,7 +50,7 @@ class ModelCache:
         self.misses += 1
         loaded = loading.load(
             read(), probe, output=output, backend=backend, device=device, seed=seed,
-            fd_directions=fd_directions,
+            fd_directions=fd_directions, preprocessing=preprocessing,
         )  # fmt: skip
         self.entries[key] = loaded
         while len(self.entries) > self.capacity:

@@ -19,6 +19,7 @@ from robustness import engine, loading
 from robustness.config import AuditConfig
 from robustness.datasets import load_npz
 from robustness.image_datasets import ImageLimits, ImageTarget, decode_images
+from robustness.preprocessing import Preprocessing
 from robustness.results import BackendState, Manifest
 from robustness.spec import spec_from_config
 from worker.model_cache import MODELS
@@ -92,6 +93,7 @@ def run_shard(payload: dict[str, Any], emit: Emit) -> dict[str, Any]:
         device=dev,
         seed=spec.seed,
         fd_directions=spec.fd_directions,
+        preprocessing=_preprocessing(payload),
     )
     emit({"stage": "loaded"})
 
@@ -115,6 +117,11 @@ def run_shard(payload: dict[str, Any], emit: Emit) -> dict[str, Any]:
         notes=list(loaded.notes),
     )
     return result.model_copy(update={"manifest": manifest}).to_json()
+
+
+def _preprocessing(payload: dict[str, Any]) -> Preprocessing | None:
+    stored = payload.get("preprocessing")
+    return None if stored is None else Preprocessing.model_validate(stored)
 
 
 def _read_dataset(path: str, max_member_bytes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,6 +150,10 @@ def inspect_model(payload: dict[str, Any], _emit: Emit) -> dict[str, Any]:
     probe = loading.uniform_probe(payload["shape"], payload["input_range"])
     dev = torch.device(payload["device"]) if payload.get("device") else device()
     loaded = loading.load(
-        Path(payload["model_path"]).read_bytes(), probe, output=payload["output"], device=dev
+        Path(payload["model_path"]).read_bytes(),
+        probe,
+        output=payload["output"],
+        device=dev,
+        preprocessing=_preprocessing(payload),
     )
     return loaded.statuses_dict()

@@ -25,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from robustness.preprocessing import Preprocessing
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -128,6 +130,8 @@ class Model(Base):
     input_range: Mapped[list[Any]]
     requested_output: Mapped[str | None] = mapped_column(String(200))
     class_names: Mapped[list[Any] | None]
+    # robustness.preprocessing.Preprocessing as JSON; null: none declared (input_range rules).
+    preprocessing: Mapped[dict[str, Any] | None]
     intake: Mapped[dict[str, Any]]
     backends: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -136,6 +140,11 @@ class Model(Base):
     inspected_at: Mapped[datetime | None]
     inspect_sent_at: Mapped[datetime | None]
     inspect_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    def declared_preprocessing(self) -> Preprocessing | None:
+        """The preprocessing declared at upload, typed; None: none declared."""
+        stored = self.preprocessing
+        return None if stored is None else Preprocessing.model_validate(stored)
 
 
 class Dataset(Base):

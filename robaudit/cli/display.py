@@ -26,8 +26,16 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def epsilon_lines(per_epsilon: list[dict[str, Any]]) -> list[str]:
-    """One line per ε (divergence with its CI, the accuracies), and whether the search converged."""
+def epsilon_lines(
+    per_epsilon: list[dict[str, Any]], manifest: dict[str, Any] | None = None
+) -> list[str]:
+    """One line per ε (divergence with its CI, the accuracies), ε in the units it was measured
+    in (pixels if the model declared its preprocessing), and whether the search converged."""
+    from robustness.preprocessing import Preprocessing, epsilon_label
+
+    manifest = manifest or {}
+    stored = manifest.get("preprocessing")
+    pre = None if stored is None else Preprocessing.model_validate(stored)
     lines = []
     for item in per_epsilon:
         d = item["divergence"]
@@ -36,6 +44,8 @@ def epsilon_lines(per_epsilon: list[dict[str, Any]]) -> list[str]:
             f"[{d['ci95'][0]:.5f}, {d['ci95'][1]:.5f}]  clean {pct(item.get('clean_accuracy'))}  "
             f"fgsm {pct(item.get('fgsm_accuracy'))}  pgd {pct(item.get('pgd_accuracy'))}"
         )
+        if manifest:
+            lines.append(f"  {epsilon_label(item['epsilon'], manifest.get('input_range'), pre)}")
         c = item.get("convergence")
         if c is not None:
             verdict = (
@@ -64,7 +74,7 @@ def audit_summary(audit: dict[str, Any]) -> list[str]:
     result = audit.get("result") or {}
     if result:
         lines.append(f"samples {result.get('samples')}  verdict {result.get('verdict', 'n/a')}")
-        lines.extend(epsilon_lines(result.get("per_epsilon", [])))
+        lines.extend(epsilon_lines(result.get("per_epsilon", []), result.get("manifest")))
         diagnostics = result.get("diagnostics") or {}
         if diagnostics.get("gradient_masking_suspected"):
             lines.append("warning: gradient masking suspected; see diagnostics in --json")

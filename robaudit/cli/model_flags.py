@@ -48,7 +48,8 @@ class ModelFlags(Generic[M]):
 
     `aliases` keeps flag names users already type (`{"epsilons": "--eps"}`, dotted for nested
     fields); `exclude` leaves fields to `--config` only; `help` fills in fields that carry
-    no `description`.
+    no `description`; `config_file=False` leaves out `--config` (a second model on the same
+    parser, whose flags alone say everything).
     """
 
     def __init__(
@@ -58,8 +59,10 @@ class ModelFlags(Generic[M]):
         aliases: Mapping[str, str] | None = None,
         exclude: frozenset[str] = frozenset(),
         help: Mapping[str, str] | None = None,  # argparse's own word for it
+        config_file: bool = True,
     ) -> None:
         self.model = model
+        self._config_file = config_file
         self._aliases = dict(aliases or {})
         self._exclude = exclude
         self._help = dict(help or {})
@@ -83,24 +86,29 @@ class ModelFlags(Generic[M]):
             kwargs["help"] = _help_text(info, self._help.get(key))
             self._options.append((_Option(path, flag), kwargs))
 
-    def add_to(self, parser: argparse.ArgumentParser, title: str = "audit settings") -> None:
-        group = parser.add_argument_group(
-            title, "Unset, each takes the service's default. Any may come from --config instead.",
-        )  # fmt: skip
-        group.add_argument(
-            "--config",
-            type=Path,
-            metavar="FILE.json",
-            dest=_CONFIG_DEST,
-            default=None,
-            help="the settings as a JSON object (the API's `config`); flags given here win",
-        )
+    def add_to(
+        self,
+        parser: argparse.ArgumentParser,
+        title: str = "audit settings",
+        description: str = "Unset, each takes the service's default. Any may come from "
+        "--config instead.",
+    ) -> None:
+        group = parser.add_argument_group(title, description)
+        if self._config_file:
+            group.add_argument(
+                "--config",
+                type=Path,
+                metavar="FILE.json",
+                dest=_CONFIG_DEST,
+                default=None,
+                help="the settings as a JSON object (the API's `config`); flags given here win",
+            )
         for option, kwargs in self._options:
             group.add_argument(option.flag, dest=option.dest, default=argparse.SUPPRESS, **kwargs)
 
     def given(self, args: argparse.Namespace) -> dict[str, Any]:
         """The settings the user chose: the --config file, overridden by the flags given."""
-        data = _read_config(getattr(args, _CONFIG_DEST, None))
+        data = _read_config(getattr(args, _CONFIG_DEST, None)) if self._config_file else {}
         for option, _ in self._options:
             if hasattr(args, option.dest):
                 node = data
@@ -123,6 +131,9 @@ class ModelFlags(Generic[M]):
         problems = []
         for error in exc.errors():
             loc = tuple(str(part) for part in error["loc"])
+            if not loc:  # a rule across fields: its message names them
+                problems.append(str(error["msg"]))
+                continue
             where = next(
                 (flags[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in flags),
                 "--config " + ".".join(loc),

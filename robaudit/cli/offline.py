@@ -9,9 +9,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robaudit.cli.audit_options import AUDIT_OPTIONS
-from robaudit.cli.common import Subparsers, emit, fail, parse_range
+from robaudit.cli.audit_options import (
+    AUDIT_OPTIONS,
+    add_preprocessing,
+    input_range,
+    preprocessing,
+)
+from robaudit.cli.common import Subparsers, emit, fail
 from robaudit.cli.display import ProgressLine, epsilon_lines
+from robustness.preprocessing import Preprocessing
+
+RANGE_HELP = "input bounds (default: 0,1; with --scale: 0,scale)"
 
 
 def register(sub: Subparsers) -> None:
@@ -20,10 +28,9 @@ def register(sub: Subparsers) -> None:
     check.add_argument(
         "--output", metavar="NAME", help="the output name to audit (default: the only one)"
     )
-    check.add_argument(
-        "--input-range", default="0,1", metavar="LO,HI", help="input bounds (default: 0,1)"
-    )
+    check.add_argument("--input-range", metavar="LO,HI", help=RANGE_HELP)
     check.add_argument("--json", action="store_true", help="the whole report as JSON")
+    add_preprocessing(check)
     check.set_defaults(handler=cmd_check)
 
     run = sub.add_parser("run", help="run the audit engine in-process, no server")
@@ -40,9 +47,7 @@ def register(sub: Subparsers) -> None:
         default=None,
         help="image zips: resize to cover H×W / this, then center-crop H×W (default 1)",
     )
-    run.add_argument(
-        "--input-range", default="0,1", metavar="LO,HI", help="input bounds (default: 0,1)"
-    )
+    run.add_argument("--input-range", metavar="LO,HI", help=RANGE_HELP)
     run.add_argument(
         "--output", metavar="NAME", help="the output name to audit (default: the only one)"
     )
@@ -53,6 +58,7 @@ def register(sub: Subparsers) -> None:
         "--json", action="store_true", help="the result object (with per-sample values) as JSON"
     )
     AUDIT_OPTIONS.add_to(run)
+    add_preprocessing(run)
     run.set_defaults(handler=cmd_run)
 
 
@@ -63,14 +69,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     from robustness.onnx_graph import inspect, load_model_bytes
 
     try:
+        pre = preprocessing(args)
+        value_range = input_range(args, pre)
         data = args.model.read_bytes()
         info = inspect(load_model_bytes(data), args.output)
         shape = [d if isinstance(d, int) else 1 for d in info.input_shape[1:]]
-        probe = loading.uniform_probe(shape, parse_range(args.input_range))
-        loaded = loading.load(data, probe, output=args.output, device=loading.default_device())
+        probe = loading.uniform_probe(shape, value_range)
+        loaded = loading.load(
+            data, probe, output=args.output, device=loading.default_device(), preprocessing=pre
+        )
     except (OSError, ValueError, AuditInputError) as exc:
         return fail(str(exc))
     body = info.to_dict()
+    body["input_range"] = list(value_range)
+    body["preprocessing"] = None if pre is None else pre.model_dump(mode="json")
     body["backends"] = loaded.statuses_dict()
     body["backend"] = loaded.backend.kind.value
     body["notes"] = [*info.notes, *loaded.notes]
@@ -80,6 +92,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     inp, out = body["input"], body["output"]
     emit(f"input   {inp['name']}  shape {inp['shape']}  {inp['dtype']}")  # type: ignore[index]
     emit(f"output  {out['name']}  {out['num_classes']} classes  {out['kind']}")  # type: ignore[index]
+    emit(f"range   {list(value_range)}  " + (pre.describe() if pre else "no preprocessing"))
     for name, status in body["backends"].items():  # type: ignore[attr-defined]
         emit(f"backend {name:12s} ok={status['ok']}  parity={status['parity_max_abs_diff']}  "
              f"{status['reason'] or ''}")  # fmt: skip
@@ -120,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
          f"{seconds:.1f}s")  # fmt: skip
     for note in manifest["notes"]:
         emit(f"note: {note}")
-    for line in epsilon_lines(body["per_epsilon"]):
+    for line in epsilon_lines(body["per_epsilon"], manifest):
         emit(line)
     diagnostics = body.get("diagnostics") or {}
     if diagnostics.get("blackbox_note"):
@@ -137,14 +150,15 @@ def _audit(args: argparse.Namespace, progress: ProgressLine) -> dict[str, Any]:
     from robustness.spec import BackendKind, spec_from_config
 
     config = AUDIT_OPTIONS.build(args)
-    spec = spec_from_config(config.model_dump(), parse_range(args.input_range))
+    pre = preprocessing(args)
+    spec = spec_from_config(config.model_dump(), input_range(args, pre))
     progress.note("loading the data and the model")
-    x, y = _local_samples(args)
+    x, y = _local_samples(args, pre)
     x, y = x[: spec.max_samples].astype("float32"), y[: spec.max_samples].astype("int64")
     device = loading.default_device()
     loaded = loading.load(
         args.model.read_bytes(), x[:32], output=args.output, backend=BackendKind(config.backend),
-        device=device, seed=spec.seed, fd_directions=spec.fd_directions,
+        device=device, seed=spec.seed, fd_directions=spec.fd_directions, preprocessing=pre,
     )  # fmt: skip
     result = engine.run_audit(
         loaded.backend, x, y, spec, device=device,
@@ -155,12 +169,14 @@ def _audit(args: argparse.Namespace, progress: ProgressLine) -> dict[str, Any]:
         "device": str(device),
         "backend": result.backend.value,
         "notes": list(loaded.notes),  # rewrites, converter choice and fallbacks, as intake has
+        "input_range": list(spec.input_range),
+        "preprocessing": None if pre is None else pre.model_dump(mode="json"),
     }
     body["stage_seconds"] = result.stage_seconds
     return body
 
 
-def _local_samples(args: argparse.Namespace) -> tuple[Any, Any]:
+def _local_samples(args: argparse.Namespace, pre: Preprocessing | None) -> tuple[Any, Any]:
     """x and y from an .npz, or from an image zip decoded to the model's declared input."""
     from robustness.datasets import is_array_zip, load_npz
     from robustness.image_datasets import ImageLimits, decode_images, image_target
@@ -169,6 +185,6 @@ def _local_samples(args: argparse.Namespace) -> tuple[Any, Any]:
     if is_array_zip(args.data):
         return load_npz(args.data, max_member_bytes=8 << 30)
     info = inspect(load_model_bytes(args.model.read_bytes()), args.output).to_dict()
-    target = image_target(info["input"]["shape"], None, args.crop_fraction)  # type: ignore[index]
+    target = image_target(info["input"]["shape"], pre, args.crop_fraction)  # type: ignore[index]
     x, y, _names = decode_images(args.data, target, ImageLimits(max_total_bytes=8 << 30))
     return x, y

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from robaudit.cli.audit_options import AUDIT_OPTIONS
+from robaudit.cli.audit_options import AUDIT_OPTIONS, add_preprocessing, preprocessing
 from robaudit.cli.common import Subparsers, emit, fail
 from robaudit.cli.display import ProgressLine, audit_summary, verdict_lines
 from robaudit.cli.junit import junit_xml
@@ -42,6 +42,7 @@ def register(sub: Subparsers) -> None:
         "--json", action="store_true", help="print the audit as JSON instead of its id"
     )
     AUDIT_OPTIONS.add_to(submit)
+    add_preprocessing(submit)
     submit.set_defaults(handler=cmd_submit)
 
     status = sub.add_parser("status", help="an audit's status and result (client)")
@@ -80,13 +81,15 @@ def _client_call(run: Callable[[Client], int]) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     try:  # refused settings fail before anything is uploaded
         config = AUDIT_OPTIONS.build(args).model_dump(mode="json", exclude_unset=True)
+        pre = preprocessing(args)
     except ValueError as exc:
         return fail(str(exc))
 
     def run(client: Client) -> int:
         model = client.upload_model(
-            args.model, name=args.name, version=args.version, input_range=args.input_range
-        )
+            args.model, name=args.name, version=args.version, input_range=args.input_range,
+            preprocessing=None if pre is None else pre.model_dump(mode="json"),
+        )  # fmt: skip
         dataset = client.upload_dataset(args.data)
         created = client.create_audit(model["id"], dataset["id"], config, force=args.force)
         if not args.wait:

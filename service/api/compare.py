@@ -29,8 +29,10 @@ METRICS = {
         "`max_increase` and beyond noise: on the same dataset a paired bootstrap of the "
         "per-sample differences, otherwise non-overlapping 95% intervals.\n\n"
         "The verdict is `incomparable`, with `reasons`, when the audits measured differently "
-        "(backend, search, normalization, norm, ε, dataset, preprocessing) or either model is "
-        "degenerate."
+        "(backend, search, normalization, norm, ε, dataset, pixel space) or either model is "
+        "degenerate. The pixel space is [0, scale] of a model's declared preprocessing, else its "
+        "input_range: a model normalizing inside its graph compares with its twin declaring the "
+        "same normalization."
     ),
 )
 def compare_audits(query: CompareQuery) -> Response:

@@ -27,7 +27,8 @@ TOO_LARGE = {"description": "The file is over the size limit, or the tenant's st
     description=(
         "Answers 201 with the intake report: input and output, opset, and whether the torch and "
         "onnxruntime backends can run it.\n\n"
-        "The same bytes again answer 200 with the existing model.\n\n"
+        "The same bytes again answer 200 with the existing model (409 if they declare another "
+        "`preprocessing`).\n\n"
         "Graphs with external data, custom operator domains or oversized constants are refused "
         "with 422."
     ),
@@ -48,6 +49,7 @@ def upload_model(form: ModelForm) -> Response:
         input_range=form.input_range,
         output=form.output,
         class_names=form.class_names,
+        preprocessing=form.preprocessing,
     )
     session.commit()
     if created:

@@ -11,6 +11,9 @@ import torch
 from torch import nn
 
 from demo.digits import DigitsCNN, load_split, to_onnx, train_cnn
+from robustness.preprocessing import Layout
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, on [0, 1] pixels
 
 
 @cache
@@ -88,3 +91,50 @@ def save_bytes(model: onnx.ModelProto) -> bytes:
     buf = io.BytesIO()
     onnx.save_model(model, buf)
     return buf.getvalue()
+
+
+# Preprocessing twins (issue 8.1): one network, normalizing inside or outside its graph.
+
+
+class Normalize(nn.Module):
+    """torchvision's Normalize on a batch, channels on `axis`."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        shape = (3, 1, 1) if axis == 1 else (3,)
+        self.register_buffer("mean", torch.tensor(MEAN).reshape(shape))
+        self.register_buffer("std", torch.tensor(STD).reshape(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class ChannelsLast(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+@cache
+def _body() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 8 * 8, 5)
+    ).eval()
+
+
+@cache
+def twins(layout: Layout = Layout.NCHW) -> tuple[bytes, bytes]:
+    """(normalizing inside the graph, normalizing outside it): the same network."""
+    axis = 1 if layout is Layout.NCHW else 3
+    front = [] if layout is Layout.NCHW else [ChannelsLast()]
+    inside = nn.Sequential(Normalize(axis), *front, _body()).eval()
+    outside = nn.Sequential(*front, _body()).eval()
+    shape = (3, 8, 8) if layout is Layout.NCHW else (8, 8, 3)
+    return to_onnx(inside, shape), to_onnx(outside, shape)
+
+
+def pixels(layout: Layout = Layout.NCHW, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded [0, 1] pixels for the twins, in their layout, and labels of their 5 classes."""
+    shape = (n, 3, 8, 8) if layout is Layout.NCHW else (n, 8, 8, 3)
+    x = np.random.default_rng(1).random(shape, dtype=np.float32)
+    return x, np.arange(n, dtype=np.int64) % 5

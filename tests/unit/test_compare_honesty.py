@@ -75,8 +75,8 @@ def spread_psi(n: int = 200, seed: int = 0) -> np.ndarray:
         ({"result": {"backend": "onnxruntime"}}, "backend differs"),
         ({"result": {"search": search("apgd-kl/2")}}, "search algorithm differs"),
         ({"sha": "e" * 64}, "dataset (sha256) differs"),
-        ({"manifest": {"input_range": [-1.0, 1.0]}}, "input_range differs"),
-        ({"manifest": {"preprocessing": {"scale": 255}}}, "preprocessing differs"),
+        ({"manifest": {"input_range": [-1.0, 1.0]}}, "pixel space (the input range"),
+        ({"manifest": {"preprocessing": {"scale": 255}}}, "pixel space (the input range"),
     ],
 )
 def test_audits_measured_differently_are_incomparable(change: dict[str, Any], reason: str) -> None:
@@ -179,3 +179,26 @@ def test_real_audits_adversarial_training_is_better_and_undoing_it_regresses() -
     back = compare(audits["adversarial"], audits["natural"], **kw)
     assert back.verdict == "regressed"
     assert back.per_epsilon[0].paired is not None
+
+
+def test_normalizing_inside_or_declaring_it_outside_measures_the_same_pixel_space() -> None:
+    psi = spread_psi()
+    base = result(psi)  # input_range [0, 1], no preprocessing: normalizes inside its graph
+    declared = stored(psi)
+    declared["manifest"]["preprocessing"] = {
+        "scale": 1, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "layout": "NHWC"
+    }  # fmt: skip
+    cand = AuditResult.model_validate(declared)
+    out = compare(base, cand, max_increase=0.1, baseline_config=CFG, candidate_config=CFG)
+    assert out.verdict == "same", out.reasons
+    other = stored(psi)
+    other["manifest"]["preprocessing"] = {"scale": 1, "mean": [0.5], "std": [0.5]}
+    out = compare(cand, AuditResult.model_validate(other), max_increase=0.1,
+                  baseline_config=CFG, candidate_config=CFG)  # fmt: skip
+    assert out.verdict == "same", out.reasons  # other mean/std: still the same pixels
+    pixels_255 = stored(psi)
+    pixels_255["manifest"].update(input_range=[0.0, 255.0], preprocessing={"scale": 255})
+    out = compare(cand, AuditResult.model_validate(pixels_255), max_increase=0.1,
+                  baseline_config=CFG, candidate_config=CFG)  # fmt: skip
+    assert out.verdict == "incomparable"
+    assert any("[0.0, 1.0] vs [0.0, 255.0]" in r for r in out.reasons), out.reasons

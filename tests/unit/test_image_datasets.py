@@ -18,6 +18,7 @@ from robustness.image_datasets import (
     image_target,
     scan_images,
 )
+from robustness.preprocessing import Layout, Preprocessing
 from tests.factories import images
 
 LIMITS = ImageLimits(max_total_bytes=1 << 20)
@@ -60,7 +61,7 @@ def test_shards_decode_their_own_range(tmp_path: Path) -> None:
 
 def test_nhwc_grayscale_and_scale(tmp_path: Path) -> None:
     path = _write(tmp_path, images.folder_zip(per_class=1))
-    target = image_target([1, 5, 6, 1], {"layout": "NHWC", "scale": 255}, None)
+    target = image_target([1, 5, 6, 1], Preprocessing(layout=Layout.NHWC, scale=255), None)
     assert target == ImageTarget(5, 6, 1, "NHWC", 255.0, 1.0)
     x, _y, _ = decode_images(path, target, LIMITS)
     assert x.shape == (2, 5, 6, 1)
@@ -156,10 +157,10 @@ def test_a_damaged_body_passes_the_header_check_and_fails_decoding_by_name(
         ([1, 3, "h", "w"], None, "dynamic"),
         ([1, 4, 8, 8], None, "4 channels"),
         ([1, 64], None, "N×C×H×W"),
-        ([1, 3, 8, 8], {"layout": "NCWH"}, "N×C×H×W"),
+        ([1, 8, 8], Preprocessing(layout=Layout.NHWC), "N×H×W×C"),
     ],
 )
-def test_models_images_cannot_feed(shape: list, pre: dict | None, message: str) -> None:
+def test_models_images_cannot_feed(shape: list, pre: Preprocessing | None, message: str) -> None:
     with pytest.raises(DatasetRejected, match=message):
         image_target(shape, pre)
 
