@@ -116,9 +116,7 @@ def line_chart(series: Sequence[Series], axes: Axes) -> Markup:
         f'stroke="#4a5566"/><line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" '
         f'stroke="#4a5566"/>'
         f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 10}" text-anchor="middle" '
-        f'font-size="12" fill="#1b2430">{escape(axes.x_label)}</text>'
-        f'<text transform="translate(14 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)" '
-        f'text-anchor="middle" font-size="12" fill="#1b2430">{escape(axes.y_label)}</text>'
+        f'font-size="12" fill="#1b2430">{escape(axes.x_label)}</text>' + _y_label(axes.y_label)
     )
     for i, s in enumerate(series):
         parts.extend(_series(s, COLOURS[i % len(COLOURS)], sx, sy, axes.y_format))
@@ -174,6 +172,16 @@ def _legend(series: Sequence[Series]) -> list[str]:
             f'<text x="{x + 16}" y="19" font-size="11" fill="#1b2430">{escape(label)}</text>'
         )
     return out
+
+
+def _y_label(label: str) -> str:
+    """Beside the axis: upright when it is a symbol (ψ), else turned along the axis."""
+    middle = (TOP + HEIGHT - BOTTOM) / 2
+    turn = "" if len(label) <= 2 else " rotate(-90)"
+    return (
+        f'<text transform="translate(18 {middle}){turn}" text-anchor="middle" font-size="13" '
+        f'fill="#1b2430">{escape(label)}</text>'
+    )
 
 
 def _clip(text: str, limit: int = 16) -> str:

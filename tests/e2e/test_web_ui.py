@@ -30,7 +30,7 @@ from infra.persistence.session import make_engine
 from service.app import create_app
 from service.auth import create_key
 from tests import services
-from tests.factories.ui import WORKER, History, populate
+from tests.factories.ui import SAMPLES, WORKER, History, populate
 from worker import leases
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -164,7 +164,7 @@ def test_audits_list_filters_and_shows_live_progress(browser: WebDriver, site: S
         By.CSS_SELECTOR, f'tr[data-audit-id="{site.history.running_id}"] progress'
     )
     total = int(running.get_attribute("max"))
-    assert int(running.get_attribute("value")) == 24
+    assert int(running.get_attribute("value")) == SAMPLES
     # the worker moves on: the page follows within a poll or two, without a reload
     leases.heartbeat(
         site.session, site.history.running_id, site.history.running_shard, WORKER,

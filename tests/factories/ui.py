@@ -15,7 +15,9 @@ import torch
 from flask.testing import FlaskClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+from torch import nn
 
+from demo.digits import to_onnx
 from infra.config import Settings
 from infra.persistence.models import Audit, Model, utcnow
 from infra.storage import ArtifactStore
@@ -24,20 +26,20 @@ from robustness.loading import load
 from robustness.spec import spec_from_config
 from tests.factories import hostile
 from tests.factories.api import upload_dataset, upload_model
-from tests.factories.models import digits_split, mlp_onnx
+from tests.factories.models import digits_split
 from worker import execution, leases, render
 
 CPU = torch.device("cpu")
 WORKER = "ui-test-worker"
-SAMPLES = 24
+SAMPLES = 16
 CONFIG: dict[str, Any] = {
     "epsilons": [0.02, 0.05, 0.1],
-    "steps": 8,
+    "steps": 6,
     "max_samples": SAMPLES,
     "landscape": {"samples": 1, "resolution": 9},
 }
-# (hidden units, seed, version, days ago): wider nets, later versions
-VERSIONS = ((8, 0, "1.0", 12), (16, 1, "1.1", 6), (48, 2, "2.0", 1))
+# (hidden units, training steps, version, days ago): each version wider and trained longer
+VERSIONS = ((8, 20, "1.0", 12), (16, 40, "1.1", 6), (32, 60, "2.0", 1))
 
 
 @dataclass
@@ -57,8 +59,8 @@ def populate(
     dataset_id = dataset.get_json()["id"]
     store = ArtifactStore(settings.artifact_dir)
     model_ids, audit_ids = [], []
-    for hidden, seed, version, days in VERSIONS:
-        onnx_bytes = mlp_onnx(hidden, seed)
+    for seed, (hidden, steps, version, days) in enumerate(VERSIONS):
+        onnx_bytes = mlp(hidden, steps, seed)
         resp = upload_model(client, auth, onnx_bytes, name="digits-mlp", version=version)
         assert resp.status_code == 201, resp.get_json()
         model_ids.append(resp.get_json()["id"])
@@ -83,6 +85,20 @@ def populate(
     claim = claim_shard(session, running)
     leases.heartbeat(session, running, claim.shard_id, WORKER, done=SAMPLES, stage="ε 0.02")
     return History(model_ids, audit_ids, running, claim.shard_id)
+
+
+def mlp(hidden: int, steps: int, seed: int) -> bytes:
+    """A small MLP on flattened digits, trained briefly on a slice (CPU seconds matter here)."""
+    torch.manual_seed(seed)
+    split = digits_split()
+    x, y = torch.from_numpy(split.x_train[:600]), torch.from_numpy(split.y_train[:600])
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return to_onnx(net.eval())
 
 
 def queue(
