@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT = 640, 300
-LEFT, RIGHT, TOP, BOTTOM = 64, 20, 34, 52
+LEFT, RIGHT, TOP, BOTTOM = 64, 20, 50, 52
 # Colour-blind-safe (Okabe–Ito), distinct in grey print too.
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 
@@ -91,7 +91,8 @@ def line_chart(series: Sequence[Series], axes: Axes) -> Markup:
 
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-        f'xmlns="http://www.w3.org/2000/svg" aria-label="{escape(axes.title)}">',
+        f'xmlns="http://www.w3.org/2000/svg" font-family="system-ui, sans-serif" '
+        f'aria-label="{escape(axes.title)}">',
         f"<title>{escape(axes.title)}</title>",
         f'<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>',
         f'<text x="{LEFT}" y="18" class="chart-title" font-size="14" font-weight="600" '
@@ -162,15 +163,16 @@ def _series(
 
 
 def _legend(series: Sequence[Series]) -> list[str]:
+    """A row under the title, left to right: it never covers the title or the lines."""
     out = []
-    x = WIDTH - RIGHT
-    for i, s in reversed(list(enumerate(series))):
-        label = _clip(s.name, 28)
-        x -= 22 + 7 * len(label)
+    x = LEFT
+    for i, s in enumerate(series):
+        label = _clip(s.name, 32)
         out.append(
-            f'<rect x="{x}" y="9" width="12" height="12" fill="{COLOURS[i % len(COLOURS)]}"/>'
-            f'<text x="{x + 16}" y="19" font-size="11" fill="#1b2430">{escape(label)}</text>'
+            f'<rect x="{x}" y="26" width="12" height="12" fill="{COLOURS[i % len(COLOURS)]}"/>'
+            f'<text x="{x + 16}" y="36" font-size="11" fill="#1b2430">{escape(label)}</text>'
         )
+        x += 32 + int(6 * len(label))
     return out
 
 

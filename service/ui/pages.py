@@ -16,6 +16,7 @@ from service import audits, reports
 from service.auth import tenant_id
 from service.db import db
 from service.errors import NotFound, Problem
+from service.limits import RetryLater
 from service.schemas import CompareQuery
 from service.ui import views
 from service.ui.blueprint import bp
@@ -29,7 +30,10 @@ TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 @bp.errorhandler(Problem)
 def _problem(exc: Problem) -> Response:
     """A service error on a page: an HTML page that says what to fix, with the same status."""
-    return _page_error(exc.status, exc.detail)
+    response = _page_error(exc.status, exc.detail)
+    if isinstance(exc, RetryLater):  # too many bad keys at sign-in
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @bp.get("/audits")

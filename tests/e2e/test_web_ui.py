@@ -26,6 +26,7 @@ from werkzeug.serving import make_server
 
 from infra.config import Settings
 from infra.persistence.migrate import upgrade
+from infra.persistence.models import AuditStatus
 from infra.persistence.session import make_engine
 from service.app import create_app
 from service.auth import create_key
@@ -238,6 +239,21 @@ def test_model_page_trends_over_versions_and_time(browser: WebDriver, site: Site
     driver.find_element(By.CSS_SELECTOR, "#epsilon-form button").click()
     wait_for(lambda: "epsilon=0.02" in driver.current_url, "the trend at another ε")
     assert_chart(driver, "#trend-version-divergence")
+
+
+def test_a_running_audit_page_follows_it_to_its_end(browser: WebDriver, site: Site) -> None:
+    driver = browser
+    running = site.history.running_id
+    driver.get(site.url + f"/ui/audits/{running}")
+    bar = driver.find_element(By.CSS_SELECTOR, "#live progress")
+    assert int(bar.get_attribute("value")) > 0
+    shoot(driver, "6-audit-running")
+    error = "the worker's sandbox ran out of memory (test)"
+    assert leases.finish(site.session, running, AuditStatus.FAILED, error=error)
+    # the script sees the end and reloads: the page now shows the outcome and no progress
+    wait_for(lambda: not driver.find_elements(By.ID, "live"), "the reload at the end")
+    assert "failed" in driver.find_element(By.TAG_NAME, "h1").text
+    assert error in driver.find_element(By.CSS_SELECTOR, "p.error").text
 
 
 def test_report_opens_from_the_audit_page(browser: WebDriver, site: Site) -> None:

@@ -145,3 +145,19 @@ def test_the_session_secret_is_generated_once_or_taken_from_the_settings(
     chosen = settings.with_overrides(secret_key="s" * 40)
     app: Flask = create_app({"ROBAUDIT_SETTINGS": chosen})
     assert app.config["SECRET_KEY"] == "s" * 40
+
+
+def test_guessing_keys_at_sign_in_is_rate_limited(settings: Settings, db_session: Session) -> None:
+    app = create_app({"ROBAUDIT_SETTINGS": settings.with_overrides(bad_key_rate_limit="2/minute")})
+    app.extensions["robaudit.db"].session_factory = lambda: db_session
+    client = app.test_client()
+    token = csrf(client)
+    statuses = [
+        client.post("/ui/signin", data={"api_key": f"ra_guess{i}", "csrf": token}).status_code
+        for i in range(3)
+    ]
+    assert statuses == [401, 401, 429]
+    last = client.post("/ui/signin", data={"api_key": "ra_again", "csrf": token})
+    assert last.mimetype == "text/html"
+    assert int(last.headers["Retry-After"]) > 0
+    assert "retry in" in last.get_data(as_text=True)
