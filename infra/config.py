@@ -134,7 +134,11 @@ class Settings(BaseSettings):
     )
     secret_key: Annotated[
         SecretStr | None,
-        Env("ROBAUDIT_SECRET_KEY", default="generated once into `DATA_DIR/secret_key`"),
+        Env(
+            "ROBAUDIT_SECRET_KEY",
+            default="generated once into `DATA_DIR/secret_key`",
+            allowed="32 or more characters",
+        ),
     ] = Field(
         None,
         min_length=32,

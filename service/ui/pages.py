@@ -20,7 +20,7 @@ from service.limits import RetryLater
 from service.schemas import CompareQuery
 from service.ui import views
 from service.ui.blueprint import bp
-from service.ui.session import REPORT_CSP, _page_error
+from service.ui.session import REPORT_CSP, page_error
 
 PAGE_SIZE = 25
 STATUSES = [s.value for s in AuditStatus]
@@ -30,7 +30,7 @@ TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 @bp.errorhandler(Problem)
 def _problem(exc: Problem) -> Response:
     """A service error on a page: an HTML page that says what to fix, with the same status."""
-    response = _page_error(exc.status, exc.detail)
+    response = page_error(exc.status, exc.detail)
     if isinstance(exc, RetryLater):  # too many bad keys at sign-in
         response.headers["Retry-After"] = str(exc.retry_after)
     return response

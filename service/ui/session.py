@@ -72,7 +72,7 @@ def _guard() -> Response | None:
     if request.method == "POST":
         sent = request.form.get("csrf", "")
         if not sent or not secrets.compare_digest(sent, session.get("csrf", "")):
-            return _page_error(400, "The form has expired. Reload the page and try again.")
+            return page_error(400, "The form has expired. Reload the page and try again.")
     if request.endpoint in PUBLIC:
         return None
     row = None
@@ -138,7 +138,7 @@ def _safe_next(value: str) -> str:
     return value
 
 
-def _page_error(status: int, detail: str) -> Response:
+def page_error(status: int, detail: str) -> Response:
     response = Response(
         render_template("ui/error.html", status=status, detail=detail), status=status
     )
