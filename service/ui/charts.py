@@ -98,32 +98,45 @@ def line_chart(series: Sequence[Series], axes: Axes) -> Markup:
         f'<text x="{LEFT}" y="18" class="chart-title" font-size="14" font-weight="600" '
         f'fill="#1b2430">{escape(axes.title)}</text>',
     ]
+    parts.extend(_frame(axes, y_ticks, x_ticks, sx, sy))
+    for i, s in enumerate(series):
+        parts.extend(_series(s, COLOURS[i % len(COLOURS)], sx, sy, axes.y_format))
+    parts.extend(_legend(series))
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - every text above went through escape()
+
+
+def _frame(
+    axes: Axes,
+    y_ticks: list[float],
+    x_ticks: tuple[tuple[float, str], ...],
+    sx: Callable[[float], float],
+    sy: Callable[[float], float],
+) -> list[str]:
+    """Grid lines, ticks and their labels, the two axes and their names."""
+    out = []
     for value in y_ticks:
         y = sy(value)
-        parts.append(
+        out.append(
             f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e7ed"/>'
             f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
             f'fill="#4a5566">{escape(axes.y_format(value))}</text>'
         )
     for value, label in x_ticks:
         x = sx(value)
-        parts.append(
+        out.append(
             f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM + 4}" '
             f'stroke="#4a5566"/><text x="{x:.1f}" y="{HEIGHT - BOTTOM + 17}" text-anchor="middle" '
             f'font-size="11" fill="#4a5566">{escape(_clip(label))}</text>'
         )
-    parts.append(
+    out.append(
         f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM}" '
         f'stroke="#4a5566"/><line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" '
         f'stroke="#4a5566"/>'
         f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 10}" text-anchor="middle" '
         f'font-size="12" fill="#1b2430">{escape(axes.x_label)}</text>' + _y_label(axes.y_label)
     )
-    for i, s in enumerate(series):
-        parts.extend(_series(s, COLOURS[i % len(COLOURS)], sx, sy, axes.y_format))
-    parts.extend(_legend(series))
-    parts.append("</svg>")
-    return Markup("".join(parts))  # noqa: S704 - every text above went through escape()
+    return out
 
 
 def _series(
