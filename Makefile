@@ -5,6 +5,8 @@ SHELL := /bin/bash
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 PYTHON ?= python3.11
 VENV := .venv
+# apt-get needs root: run as root (CI, containers) or through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN := $(VENV)/bin
 # The venv is rebuilt when the project or its lock changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.lock requirements/overrides.txt | sha256sum | cut -c1-12)
@@ -16,7 +18,7 @@ UV := $(TOOLS)/bin/uv
 COMPILE := $(UV) pip compile --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' $(LOCK_ARGS)
 
-.PHONY: help demo test lint typecheck imports unit integration bench clean lock
+.PHONY: help demo test lint typecheck imports unit integration bench clean lock browser
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -50,8 +52,19 @@ lock: | $(UV) ## Re-resolve requirements/*.lock (with hashes) from pyproject.tom
 demo: $(STAMP) ## Train two digit classifiers, audit both through the embedded service, print a table
 	$(BIN)/python -m demo.run_demo
 
-test: $(STAMP) lint typecheck imports ## Lint, type-check, import contracts, then the whole test suite
+test: $(STAMP) lint typecheck imports browser ## Lint, type-check, import contracts, then the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The web UI's tests drive Debian's own chromium through its chromedriver (never a downloaded
+# browser build). Installed here, as root, when missing; a no-op once present.
+browser: ## Install Debian's chromium and chromium-driver for the web UI tests, if missing
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		echo "installing chromium and chromium-driver (apt-get)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$(SUDO) apt-get update -qq >/dev/null && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver fonts-dejavu-core >/dev/null; \
+	fi
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .

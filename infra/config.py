@@ -132,6 +132,18 @@ class Settings(BaseSettings):
     api_key: Annotated[SecretStr | None, Env("ROBAUDIT_API_KEY", default="unset")] = Field(
         None, description="the client commands' API key"
     )
+    secret_key: Annotated[
+        SecretStr | None,
+        Env(
+            "ROBAUDIT_SECRET_KEY",
+            default="generated once into `DATA_DIR/secret_key`",
+            allowed="32 or more characters",
+        ),
+    ] = Field(
+        None,
+        min_length=32,
+        description="signs the web UI's session cookie; set the same value on every API host",
+    )
     failpoint_dir: Annotated[Path | None, Env("ROBAUDIT_FAILPOINT_DIR", default="unset")] = Field(
         None,
         description="fault tests only: a marker file here kills the worker at that point "

@@ -10,7 +10,7 @@ from infra.config import Settings
 from infra.logging import configure_logging
 from infra.queue import make_celery
 from infra.storage import ArtifactStore
-from service import errors, ratelimit, telemetry
+from service import errors, ratelimit, telemetry, ui
 from service.api import audits, compare, datasets, models, ops
 from service.db import db
 
@@ -64,4 +64,5 @@ def create_app(config: dict[str, Any] | None = None) -> OpenAPI:
     for module in (ops, models, datasets, audits, compare):
         app.register_api(module.bp)
     ratelimit.init_app(app, settings, exempt=(ops.bp,))
+    ui.init_app(app, settings)  # the web UI (/ui), signed in with an API key
     return app
