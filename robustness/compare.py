@@ -129,6 +129,18 @@ def incomparable_reasons(
         if (found := degenerate(result)) is not None
         for kind, reason in [found]
     ]
+    return reasons + measured_differently(baseline, candidate, baseline_config, candidate_config)
+
+
+def measured_differently(
+    baseline: AuditResult,
+    candidate: AuditResult,
+    baseline_config: AuditConfig,
+    candidate_config: AuditConfig,
+) -> list[str]:
+    """Every way the two audits' threat models differ (metric.md, "Comparability"): backend,
+    search, norm, normalization, ε, search settings, dataset and preprocessing. Empty: the
+    same threat model, whatever either model's verdict."""
     bc, cc = baseline_config, candidate_config
     backends = (baseline.backend, candidate.backend)
     pairs: list[tuple[str, Any, Any]] = [
@@ -146,8 +158,7 @@ def incomparable_reasons(
         ("preprocessing: input_range", bm and bm.input_range, cm and cm.input_range),
         ("preprocessing", bm and bm.preprocessing, cm and cm.preprocessing),
     ]
-    reasons += [f"{name} differs: {b} vs {c}" for name, b, c in pairs if _differ(b, c)]
-    return reasons
+    return [f"{name} differs: {b} vs {c}" for name, b, c in pairs if _differ(b, c)]
 
 
 def degenerate(result: AuditResult) -> tuple[str, str] | None:
