@@ -6,16 +6,19 @@ shows what was sent.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any, Literal
 
+from celery import Celery
 from pydantic import Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from infra.persistence.models import WebhookDelivery, WebhookEndpoint, utcnow
+from infra.queue import DELIVER_WEBHOOK
 from infra.webhook_http import MAX_URL_CHARS, RefusedUrl, check_url
-from infra.webhooks import new_secret
+from infra.webhooks import enqueue, new_secret
 from service.errors import NotFound, Unprocessable
 from service.pagination import paginate
 from service.schemas import BaseModel, ListQuery, Out
@@ -86,6 +89,7 @@ class DeliveryPage(Out):
 
 
 EVENTS = ["audit.succeeded", "audit.failed", "audit.cancelled"]
+log = logging.getLogger(__name__)
 
 
 def endpoint_json(row: WebhookEndpoint) -> dict[str, Any]:
@@ -160,3 +164,15 @@ def list_deliveries(
     get_endpoint(session=session, tenant_id=tenant_id, webhook_id=webhook_id)
     stmt = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == webhook_id)
     return paginate(session, stmt, WebhookDelivery, limit=query.limit, cursor=query.cursor)
+
+
+def notify_ended(session: Session, celery: Celery, audit_id: str) -> None:
+    """An audit the API ended (a queued one cancelled): its deliveries now, not at the next
+    sweep. Best effort: with the broker down, the sweeper sends the rows later."""
+    for delivery_id in enqueue(session, audit_id):
+        try:
+            celery.send_task(DELIVER_WEBHOOK, args=[delivery_id])
+        except Exception as exc:
+            log.warning(
+                "webhook delivery %s not sent (broker: %s); the sweeper will", delivery_id, exc
+            )

@@ -118,6 +118,17 @@ def test_a_receiver_failing_twice_gets_three_signed_attempts_all_logged(
     assert delivery["attempts"][2]["error"] is None
     assert (delivery["audit_id"], delivery["event"]) == (audit_id, "audit.succeeded")
 
+    # A queued audit cancelled through the API: its delivery is written by the API at once.
+    audit = db_session.get(Audit, audit_id)
+    assert audit is not None
+    body = {"model_id": audit.model_id, "dataset_id": audit.dataset_id, "force": True}
+    queued = client.post("/v1/audits", json=body, headers=auth).get_json()["id"]
+    assert client.post(f"/v1/audits/{queued}/cancel", headers=auth).status_code == 200
+    log = client.get(f"/v1/webhooks/{created['id']}/deliveries", headers=auth).get_json()
+    newest = log["items"][0]
+    assert (newest["audit_id"], newest["event"]) == (queued, "audit.cancelled")
+    assert (newest["status"], newest["attempts"]) == ("pending", [])
+
 
 def test_redirects_big_answers_and_loopback_are_not_followed(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
