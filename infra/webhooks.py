@@ -175,8 +175,10 @@ def deliver(session: Session, delivery_id: str, settings: Settings) -> Outcome:
     session.commit()
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         return Outcome("skipped")  # delivered, not due yet, or another worker has it
-    row = session.get(WebhookDelivery, delivery_id)
-    endpoint = session.get(WebhookEndpoint, row.endpoint_id) if row else None
+    row = session.get(WebhookDelivery, delivery_id, populate_existing=True)
+    endpoint = (
+        session.get(WebhookEndpoint, row.endpoint_id, populate_existing=True) if row else None
+    )
     assert row is not None  # the claim found it
     assert endpoint is not None  # deleting an endpoint keeps its row
     session.commit()  # nothing is held open during the network call

@@ -2,8 +2,8 @@
 
 `notify_ended` runs after every audit and shard task: if that task ended the audit, the
 deliveries are written and sent at once. A failed attempt sends the task again with a
-countdown of the backoff; if that message is lost (a restarted worker), the sweeper sends
-the row again once it is overdue (`sweep`).
+countdown of the backoff (up to ROBAUDIT_STALE_AFTER_S); a longer wait, or a message lost
+with a restarted worker, is the sweeper's: it sends the row again once overdue (`sweep`).
 """
 
 from __future__ import annotations
@@ -52,10 +52,13 @@ def sweep(celery: Celery, session: Session, settings: Settings) -> list[str]:
     ignore_result=True,
 )
 def deliver_webhook(self: RobauditTask, delivery_id: str) -> str:
-    """One attempt; on failure the next is sent with the backoff as countdown."""
+    """One attempt; on failure the next is sent with the backoff as countdown.
+
+    A countdown longer than the broker's visibility timeout would have Redis hand the held
+    message out again and again; such longer waits are left to the sweeper instead."""
     with self.session() as session:
         outcome = webhooks.deliver(session, delivery_id, self.settings)
-    if outcome.retry_in_s is not None:
+    if outcome.retry_in_s is not None and outcome.retry_in_s <= self.settings.stale_after_s:
         send(app, [delivery_id], countdown=outcome.retry_in_s)
     log.info("webhook delivery %s: %s", delivery_id, outcome.state)
     return outcome.state
