@@ -149,6 +149,26 @@ class Settings(BaseSettings):
         description="fault tests only: a marker file here kills the worker at that point "
         "(worker/execution.py)",
     )
+    # webhooks (issue 9): delivery of audit events to tenants' URLs (infra/webhooks.py)
+    webhook_block_private: Annotated[
+        bool, Env("ROBAUDIT_WEBHOOK_BLOCK_PRIVATE", default="`true`", allowed="`true` or `false`")
+    ] = Field(
+        True,
+        description="refuse to deliver webhooks to loopback, private, link-local and other "
+        "non-public addresses (SSRF); `false` only where every tenant may reach the "
+        "worker's network",
+    )
+    webhook_timeout_s: Annotated[float, Env("ROBAUDIT_WEBHOOK_TIMEOUT_S")] = Field(
+        10.0, gt=0, le=60, description="one webhook attempt: connect, send and read the answer"
+    )
+    webhook_max_attempts: Annotated[int, Env("ROBAUDIT_WEBHOOK_MAX_ATTEMPTS")] = Field(
+        8, ge=1, le=50, description="attempts of one webhook delivery before it is `failed`"
+    )
+    webhook_backoff_s: Annotated[float, Env("ROBAUDIT_WEBHOOK_BACKOFF_S")] = Field(
+        30.0,
+        gt=0,
+        description="wait after a failed webhook attempt; doubles after each, at most 6 h",
+    )
     # budgets (issue 10): caps per audit and per tenant, rate limits (service/limits.py)
     max_audit_passes: Annotated[int, Env("ROBAUDIT_MAX_AUDIT_PASSES", "budgets")] = Field(
         2_000_000_000,

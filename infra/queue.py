@@ -16,6 +16,7 @@ from infra.config import Settings
 RUN_AUDIT = "robaudit.run_audit"
 RUN_SHARD = "robaudit.run_shard"
 INSPECT_MODEL = "robaudit.inspect_model"
+DELIVER_WEBHOOK = "robaudit.deliver_webhook"
 QUEUE_KINDS = ("control", "compute")
 
 
@@ -50,6 +51,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             RUN_AUDIT: {"queue": queues["control"]},
             INSPECT_MODEL: {"queue": queues["control"]},
+            DELIVER_WEBHOOK: {"queue": queues["control"]},
             RUN_SHARD: {"queue": queues["compute"]},
         },
         "task_ignore_result": True,

@@ -26,6 +26,9 @@ from urllib.parse import quote
 
 import httpx
 
+from infra.signing import DEFAULT_TOLERANCE_S
+from infra.signing import verify_signature as _verify
+
 TERMINAL = ("succeeded", "failed", "cancelled")
 RETRY_STATUSES = frozenset({429, 503})
 # Reads may wait on a model's intake; connecting or waiting for a pooled connection may not.
@@ -267,3 +270,12 @@ def _seconds_until(retry_after: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def verify_signature(
+    secret: str, body: bytes, header: str, *, tolerance_s: float = DEFAULT_TOLERANCE_S
+) -> bool:
+    """Whether a webhook delivery is genuine: `header` is its `Robaudit-Signature`, `body`
+    the raw bytes received (before parsing), `secret` the one shown when the endpoint was
+    created. Deliveries signed more than `tolerance_s` seconds ago are refused (replays)."""
+    return _verify(secret, body, header, tolerance_s=tolerance_s)

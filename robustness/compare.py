@@ -129,6 +129,18 @@ def incomparable_reasons(
         if (found := degenerate(result)) is not None
         for kind, reason in [found]
     ]
+    return reasons + measured_differently(baseline, candidate, baseline_config, candidate_config)
+
+
+def measured_differently(
+    baseline: AuditResult,
+    candidate: AuditResult,
+    baseline_config: AuditConfig,
+    candidate_config: AuditConfig,
+) -> list[str]:
+    """Every way the two audits' threat models differ (metric.md, "Comparability"): backend,
+    search, norm, normalization, ε, search settings, dataset and preprocessing. Empty: the
+    same threat model, whatever either model's verdict."""
     bc, cc = baseline_config, candidate_config
     backends = (baseline.backend, candidate.backend)
     pairs: list[tuple[str, Any, Any]] = [
@@ -145,8 +157,7 @@ def incomparable_reasons(
         ("dataset (sha256)", bm and bm.dataset_sha256, cm and cm.dataset_sha256),
         ("pixel space (the input range ε is measured in)", _space(bm), _space(cm)),
     ]
-    reasons += [f"{name} differs: {b} vs {c}" for name, b, c in pairs if _differ(b, c)]
-    return reasons
+    return [f"{name} differs: {b} vs {c}" for name, b, c in pairs if _differ(b, c)]
 
 
 def degenerate(result: AuditResult) -> tuple[str, str] | None:

@@ -11,7 +11,7 @@ from infra.logging import configure_logging
 from infra.queue import make_celery
 from infra.storage import ArtifactStore
 from service import errors, ratelimit, telemetry, ui
-from service.api import audits, compare, datasets, models, ops
+from service.api import audits, compare, datasets, models, ops, webhooks
 from service.db import db
 
 DESCRIPTION = """\
@@ -61,7 +61,7 @@ def create_app(config: dict[str, Any] | None = None) -> OpenAPI:
     app.extensions["robaudit.store"] = ArtifactStore(settings.artifact_dir)
     app.extensions["robaudit.celery"] = make_celery(settings, name="robaudit-api")
     errors.register(app)
-    for module in (ops, models, datasets, audits, compare):
+    for module in (ops, models, datasets, audits, compare, webhooks):
         app.register_api(module.bp)
     ratelimit.init_app(app, settings, exempt=(ops.bp,))
     ui.init_app(app, settings)  # the web UI (/ui), signed in with an API key

@@ -15,6 +15,7 @@ from robustness.compare import compare
 from robustness.config import AuditConfig
 from robustness.preprocessing import Preprocessing, epsilon_label
 from robustness.results import AuditResult
+from service import baselines
 from service.audits import audit_out, estimate, get_audit, stored_result
 from service.catalog import dataset_json, model_json
 from service.errors import Problem
@@ -50,6 +51,8 @@ def compare_audits(
         raise Problem(
             400, "Bad Request", f"name 2 to {MAX_COMPARE} audits: ?audits=BASELINE,ID,..."
         )
+    # `latest:NAME` first: the newest audit of that name measured like the first candidate
+    audit_ids = [baselines.resolve(session, tenant_id, audit_ids[0], audit_ids[1]), *audit_ids[1:]]
     audits = [get_audit(session=session, tenant_id=tenant_id, audit_id=i) for i in audit_ids]
     results = []
     for audit in audits:

@@ -127,7 +127,10 @@ class AuditListQuery(ListQuery):
 
 
 class CompareQuery(BaseModel):
-    audits: str = Field(description="Comma-separated audit ids; the first is the baseline")
+    audits: str = Field(
+        description="Comma-separated audit ids; the first is the baseline, or `latest:NAME`: "
+        "the newest succeeded audit of models named NAME measured like the second"
+    )
     max_increase: float = Field(0.10, ge=0, description="Relative divergence rise that regresses")
 
 
@@ -326,7 +329,7 @@ class AuditVerdict(Comparison):
 
 
 class CompareOut(Out):
-    baseline: str = Field(description="The first audit's id")
+    baseline: str = Field(description="The first audit's id (what `latest:NAME` resolved to)")
     max_increase: float
     items: list[CompareItem]
     verdicts: list[AuditVerdict] = Field(description="One per audit after the baseline")

@@ -9,7 +9,7 @@ from infra.logging import configure_logging
 from infra.queue import make_celery
 
 app = make_celery(Settings.from_env(), name="robaudit-worker")
-app.conf.include = ["worker.tasks", "worker.sweeper", "worker.liveness"]
+app.conf.include = ["worker.tasks", "worker.sweeper", "worker.liveness", "worker.webhooks"]
 
 
 @setup_logging.connect

@@ -17,7 +17,7 @@ from infra.dispatch import sweep
 from infra.persistence.models import ACTIVE, Audit
 from infra.persistence.session import make_engine, make_session_factory
 from infra.sweep import sweep_configured
-from worker import execution
+from worker import execution, webhooks
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -40,6 +40,7 @@ def sweep_once(app: Any, session: Session, settings: Settings) -> None:
     done = finalise_done(session)
     report = sweep(app, session, settings)
     report["finalised"] = done
+    report["webhooks"] = webhooks.sweep(app, session, settings)
     for kind, items in report.items():
         if items:
             log.info("sweeper %s: %s", kind, ", ".join(items))

@@ -34,6 +34,7 @@ from worker import execution, inspection, leases, runner
 from worker.base import RobauditTask
 from worker.celery_app import app
 from worker.threads import torch_threads
+from worker.webhooks import notify_ended
 
 log = logging.getLogger(__name__)
 TIME_LIMIT = Settings.from_env().audit_time_limit_s
@@ -74,9 +75,11 @@ def run_audit(self: RobauditTask, audit_id: str) -> str:
             return "skipped"
         if audit.cancel_requested:
             leases.settle_cancel(session, audit_id, self.settings.stale_after_s)
+            notify_ended(session, audit_id)
             return "cancelled"
         positions = execution.plan_shards(session, audit_id, self.settings.shard_size)
         if execution.finalise(session, audit_id):
+            notify_ended(session, audit_id)
             return "finalised"
         send_shards(session, audit_id, positions)
     return f"{len(positions)} shard(s)"
@@ -98,6 +101,7 @@ def run_shard(self: RobauditTask, audit_id: str, position: int) -> str:
             send_shards(session, audit_id, [position])
         if outcome != "deferred":
             send_deferred(session, self.settings, audit_id)
+        notify_ended(session, audit_id)  # if this shard ended the audit
         return outcome
 
 

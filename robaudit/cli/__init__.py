@@ -1,14 +1,15 @@
 """The `robaudit` command: embedded service, production halves, admin, offline engine, client.
 
 One module per concern: `processes` (up, serve, worker), `admin` (db, keys), `offline`
-(check, run), `remote` (submit, status, report, gate). This one only assembles the parser.
+(check, run), `remote` (submit, status, report, gate), `mlflow_log` (mlflow-log). This
+one only assembles the parser.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from robaudit.cli import admin, offline, processes, remote
+from robaudit.cli import admin, mlflow_log, offline, processes, remote
 from robaudit.cli.common import EXIT_INPUT, discard_stdout
 
 __all__ = ["EXIT_INPUT", "build_parser", "main"]
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or audit offline, or talk to a server (ROBAUDIT_URL, ROBAUDIT_API_KEY).",
     )
     sub = parser.add_subparsers(metavar="COMMAND")
-    for module in (processes, admin, offline, remote):
+    for module in (processes, admin, offline, remote, mlflow_log):
         module.register(sub)
     return parser
 

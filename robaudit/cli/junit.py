@@ -1,10 +1,17 @@
-"""A gate verdict as JUnit XML, the format every CI system shows as tests."""
+"""A gate verdict as JUnit XML, the format every CI system shows as tests.
+
+Whenever the gate cannot judge (the audits are incomparable, a model is degenerate, the
+baseline is missing or unfinished, the server cannot be asked), the file holds an `<error>`
+case: CI must never show `tests="0"` as a pass.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
+
+CLASSNAME = "robaudit.gate"
 
 
 def junit_xml(verdict: dict[str, Any], baseline: str) -> str:
@@ -16,13 +23,27 @@ def junit_xml(verdict: dict[str, Any], baseline: str) -> str:
         if item["verdict"] == "regressed":
             message = quoteattr(f"relative change {item['relative_change']:+.1%}")
             body = f"<failure message={message}>{escape(json.dumps(item))}</failure>"
-        cases.append(f'  <testcase classname="robaudit.gate" name={name}>{body}</testcase>')
+        cases.append(f"  <testcase classname={quoteattr(CLASSNAME)} name={name}>{body}</testcase>")
     failures = sum(item["verdict"] == "regressed" for item in verdict["per_epsilon"])
-    errors = int(verdict["verdict"] == "incomparable")
-    if errors:  # a pipeline must see why nothing was judged
-        name = quoteattr(f"comparable with {baseline}")
-        body = f"<error message={quoteattr(verdict['reason'])}></error>"
-        cases.append(f'  <testcase classname="robaudit.gate" name={name}>{body}</testcase>')
+    errors = 0
+    if verdict["verdict"] == "incomparable" or not cases:  # a pipeline must see why
+        cases.append(_error_case(baseline, verdict["reason"]))
+        errors = 1
+    return _suite(cases, failures, errors)
+
+
+def junit_error(baseline: str, message: str) -> str:
+    """The gate could not ask or could not be answered: one `<error>` case saying why."""
+    return _suite([_error_case(baseline, message)], failures=0, errors=1)
+
+
+def _error_case(baseline: str, message: str) -> str:
+    name = quoteattr(f"comparable with {baseline}")
+    body = f"<error message={quoteattr(message)}>{escape(message)}</error>"
+    return f"  <testcase classname={quoteattr(CLASSNAME)} name={name}>{body}</testcase>"
+
+
+def _suite(cases: list[str], failures: int, errors: int) -> str:
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<testsuite name="robaudit-gate" tests="{len(cases)}" failures="{failures}" '

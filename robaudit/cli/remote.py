@@ -17,7 +17,7 @@ from typing import Any
 from robaudit.cli.audit_options import AUDIT_OPTIONS, add_preprocessing, preprocessing
 from robaudit.cli.common import Subparsers, emit, fail
 from robaudit.cli.display import ProgressLine, audit_summary, verdict_lines
-from robaudit.cli.junit import junit_xml
+from robaudit.cli.junit import junit_error, junit_xml
 from robaudit.client import ApiError, Client
 
 
@@ -58,7 +58,14 @@ def register(sub: Subparsers) -> None:
 
     gate = sub.add_parser("gate", help="exit 1 if an audit regresses against a baseline (client)")
     gate.add_argument("audit_id", help="the candidate audit's id")
-    gate.add_argument("--baseline", required=True, help="the baseline audit's id")
+    gate.add_argument(
+        "--baseline",
+        required=True,
+        metavar="ID|latest:NAME",
+        help="the baseline audit's id, or latest:NAME for the newest succeeded audit of models "
+        "named NAME measured like the candidate (norm, eps, search, backend, normalization, "
+        "dataset, preprocessing)",
+    )
     gate.add_argument(
         "--max-increase",
         default="10%",
@@ -145,16 +152,26 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    """0: no regression; 1: regressed; 2: cannot judge (incomparable, not finished, bad input)."""
+    """0: no regression; 1: regressed; 2: cannot judge (incomparable, degenerate, baseline
+    missing or unfinished, bad input). `--junit` is written in every case."""
     from robustness.compare import parse_increase
 
+    if args.junit:  # replaced below; if the gate stops before judging, CI still sees why
+        args.junit.write_text(junit_error(args.baseline, "the gate stopped before judging"))
+
     def run(client: Client) -> int:
-        limit = parse_increase(args.max_increase)
-        verdict = client.compare([args.baseline, args.audit_id], limit)["verdicts"][0]
+        try:
+            limit = parse_increase(args.max_increase)
+            found = client.compare([args.baseline, args.audit_id], limit)
+        except (ApiError, ValueError) as exc:
+            if args.junit:
+                args.junit.write_text(junit_error(args.baseline, str(exc)))
+            raise
+        verdict, baseline = found["verdicts"][0], found["baseline"]
         emit(json.dumps(verdict, indent=2) if args.json
-             else "\n".join(verdict_lines(verdict, args.baseline)))  # fmt: skip
+             else "\n".join(verdict_lines(verdict, baseline)))  # fmt: skip
         if args.junit:
-            args.junit.write_text(junit_xml(verdict, args.baseline))
+            args.junit.write_text(junit_xml(verdict, baseline))
         if verdict["verdict"] == "incomparable":
             return fail(f"cannot compare: {verdict['reason']}")
         return 1 if verdict["regressed"] else 0

@@ -8,7 +8,7 @@ from flask import Response, current_app, send_file, url_for
 
 from infra.dispatch import send_audit
 from robustness.results import LandscapeResult
-from service import audits, reports
+from service import audits, reports, webhooks
 from service.api.common import blueprint, json_response, settings, store
 from service.auth import tenant_id
 from service.db import db
@@ -135,6 +135,7 @@ def cancel_audit(path: AuditPath) -> Response:
     session = db.session
     row = audits.cancel_audit(session=session, tenant_id=tenant_id(), audit_id=path.audit_id)
     session.commit()
+    webhooks.notify_ended(session, current_app.extensions["robaudit.celery"], row.id)
     return json_response(audits.audit_out(row))
 
 

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import requests
 
+from robaudit.client import verify_signature
 from tests import services
 from tests.e2e.conftest import Running, production_stack, stop
 from tests.factories.models import cnn_onnx, digits_split, natural_cnn
+from tests.factories.receiver import receiver
 
 CONFIG = {"epsilons": [0.1], "steps": 5, "max_samples": 48}
 
@@ -58,6 +60,17 @@ def audit_over_http(running: Running, timeout: float = 240) -> dict:
         f"{running.url}/v1/models/{model.json()['id']}", headers=h, timeout=10
     ).json()
     return {"audit": audit, "model": checked}
+
+
+def _settled_deliveries(running: Running, webhook_id: str, timeout: float = 60) -> list[dict]:
+    url = f"{running.url}/v1/webhooks/{webhook_id}/deliveries"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items = requests.get(url, headers=running.headers(), timeout=10).json()["items"]
+        if items and all(d["status"] != "pending" for d in items):
+            return list(items)
+        time.sleep(0.3)
+    pytest.fail(f"webhook deliveries still pending after {timeout}s\n{running.dump_logs()}")
 
 
 def assert_result(audit: dict) -> None:
@@ -107,7 +120,13 @@ def production(tmp_path: Path) -> Iterator[Running]:
     try:
         # 48 samples in shards of 16: three shard tasks, the last one aggregates
         with production_stack(
-            tmp_path, redis_url, ROBAUDIT_REDIS_PREFIX=prefix, ROBAUDIT_SHARD_SIZE="16"
+            tmp_path,
+            redis_url,
+            ROBAUDIT_REDIS_PREFIX=prefix,
+            ROBAUDIT_SHARD_SIZE="16",
+            # the test's webhook receiver listens on loopback; retries come quickly
+            ROBAUDIT_WEBHOOK_BLOCK_PRIVATE="false",
+            ROBAUDIT_WEBHOOK_BACKOFF_S="0.5",
         ) as running:
             yield running
     finally:
@@ -117,7 +136,24 @@ def production(tmp_path: Path) -> Iterator[Running]:
 
 
 def test_redis_postgres_mode_end_to_end(production: Running) -> None:
-    out = audit_over_http(production)
+    """One stack: the audit through three shard tasks, the logs, and its webhook."""
+    with receiver([(500, {}, b"down"), (502, {}, b"")]) as hook:
+        endpoint = requests.post(
+            f"{production.url}/v1/webhooks",
+            json={"url": hook.url},
+            headers=production.headers(),
+            timeout=10,
+        ).json()
+        out = audit_over_http(production)
+        deliveries = _settled_deliveries(production, endpoint["id"])
+    # The worker's task tried three times with backoff; each attempt was signed.
+    assert len(hook.requests) == 3, production.dump_logs()
+    for got in hook.requests:
+        assert verify_signature(endpoint["secret"], got.body, got.headers["Robaudit-Signature"])
+        assert json.loads(got.body)["audit"]["id"] == out["audit"]["id"]
+    [delivery] = deliveries
+    assert (delivery["event"], delivery["status"]) == ("audit.succeeded", "delivered")
+    assert [a["status_code"] for a in delivery["attempts"]] == [500, 502, 200]
     assert_result(out["audit"])
     assert out["audit"]["result"]["manifest"]["shards"] == 3
     assert len(out["audit"]["result"]["per_epsilon"][0]["per_sample"]) == 48

@@ -91,3 +91,42 @@ def test_report_states_a_degenerate_verdict(
     audit_id = finished_audit(client, auth, db_session, ids, 0, degenerate)
     text = client.get(f"/v1/audits/{audit_id}/report", headers=auth).get_data(as_text=True)
     assert "Verdict: degenerate. scores ignore the input" in text
+
+
+def test_gate_latest_takes_the_newest_audit_measured_alike_and_junit_errors_otherwise(
+    client: FlaskClient,
+    auth: dict[str, str],
+    db_session: Session,
+    ids: tuple[str, str],
+    server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("ROBAUDIT_URL", server)
+    monkeypatch.setenv("ROBAUDIT_API_KEY", auth["Authorization"].removeprefix("Bearer "))
+    finished_audit(client, auth, db_session, ids, 0, fake_result(0.010, 0.0005))
+    alike = finished_audit(client, auth, db_session, ids, 1, fake_result(0.010, 0.0005))
+    stronger = finished_audit(client, auth, db_session, ids, 2, fake_result(0.010, 0.0005))
+    _with_config(db_session, stronger, steps=50)  # newer, but another threat model
+    cand = finished_audit(client, auth, db_session, ids, 3, fake_result(0.010, 0.0005))
+    junit = tmp_path / "gate.xml"
+    assert main(["gate", cand, "--baseline", "latest:digits", "--junit", str(junit)]) == 0
+    assert f"against {alike}:" in capsys.readouterr().out
+    assert 'errors="0"' in junit.read_text()
+    assert f"vs {alike}" in junit.read_text()
+
+    assert main(["gate", stronger, "--baseline", "latest:digits", "--junit", str(junit)]) == 2
+    assert "no succeeded audit of a model named 'digits'" in capsys.readouterr().err
+    text = junit.read_text()
+    assert 'tests="1" failures="0" errors="1"' in text  # never tests="0"
+    assert "<error message=" in text
+    assert "measured like it" in text
+
+    queued = client.post(
+        "/v1/audits", json={"model_id": ids[0], "dataset_id": ids[1], "force": True}, headers=auth
+    ).get_json()["id"]
+    assert main(["gate", cand, "--baseline", queued, "--junit", str(junit)]) == 2
+    assert "only succeeded audits compare" in junit.read_text()
+    assert main(["gate", cand, "--baseline", cand, "--max-increase", "x", "--junit", str(junit)])
+    assert 'errors="1"' in junit.read_text()
