@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -80,18 +81,43 @@ def _stem(filename: str | None, fallback: str) -> str:
     return text.rsplit(".", 1)[0][:200] or fallback
 
 
-def _restore_same_bytes(
-    session: Session, entity: type[Row], tenant_id: str, sha256: str
-) -> tuple[Row, bool] | None:
-    """The tenant's row for these bytes, if any: (row, created). Deleted rows come back."""
-    row = session.scalar(
-        select(entity).where(entity.tenant_id == tenant_id, entity.sha256 == sha256)
-    )
-    if row is None:
+def _restore_same(session: Session, row: Row) -> tuple[Row, bool] | None:
+    """The tenant's row for the same bytes (and, for a model, the same metadata), if any:
+    (row, created). Deleted rows come back."""
+    existing = session.scalar(_same(row))
+    if existing is None:
         return None
-    created = row.deleted_at is not None  # uploading deleted bytes restores the object
-    row.deleted_at = None
-    return row, created
+    created = existing.deleted_at is not None  # uploading deleted bytes restores the object
+    existing.deleted_at = None
+    return existing, created
+
+
+def _same(row: Row) -> Select[tuple[Row]]:
+    """The rows a new upload is the same as: its bytes, and a model's metadata too."""
+    entity = type(row)
+    stmt = select(entity).where(entity.tenant_id == row.tenant_id, entity.sha256 == row.sha256)
+    if isinstance(row, Model):
+        stmt = stmt.where(Model.variant == row.variant)
+    return stmt
+
+
+def model_variant(
+    *,
+    name: str,
+    version: str | None,
+    input_range: list[float],
+    output: str | None,
+    class_names: list[str] | None,
+) -> str:
+    """The hash of a model's metadata: the same bytes with another one are another version."""
+    meta = {
+        "name": name,
+        "version": version,
+        "input_range": [float(v) for v in input_range],
+        "output": output,
+        "class_names": class_names,
+    }
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def _insert_or_existing(session: Session, row: Row) -> tuple[Row, bool]:
@@ -100,10 +126,7 @@ def _insert_or_existing(session: Session, row: Row) -> tuple[Row, bool]:
         with session.begin_nested():
             session.add(row)
     except IntegrityError:
-        entity = type(row)
-        winner = session.scalar(
-            select(entity).where(entity.tenant_id == row.tenant_id, entity.sha256 == row.sha256)
-        )
+        winner = session.scalar(_same(row))
         if winner is None:
             raise
         return winner, False
@@ -153,36 +176,56 @@ def create_model(
     output: str | None,
     class_names: str | list[str] | None,
 ) -> tuple[Model, bool]:
-    """Check, inspect and store an ONNX model; (row, created). Same bytes → the existing row."""
+    """Check, inspect and store an ONNX model; (row, created). The same bytes and metadata
+    are the existing row; the same bytes with other metadata are a new row (a version) that
+    shares the stored file."""
+    value_range = parse_range(input_range)
+    names = parse_class_names(class_names)
     with _staged(store, stream, settings.max_model_bytes) as staged:
-        existing = _restore_same_bytes(session, Model, tenant_id, staged.sha256)
+        row = Model(
+            tenant_id=tenant_id,
+            name=name or _stem(filename, "model"),
+            version=version,
+            sha256=staged.sha256,
+            input_range=value_range,
+            requested_output=output,
+            class_names=names,
+        )
+        row.variant = model_variant(
+            name=row.name,
+            version=version,
+            input_range=value_range,
+            output=output,
+            class_names=names,
+        )
+        existing = _restore_same(session, row)
         if existing is not None:
             return existing
-        value_range = parse_range(input_range)
-        names = parse_class_names(class_names)
-        info = _intake_model(staged.path, output, settings)
+        sibling = session.scalar(  # another version of these bytes read this output already
+            select(Model.intake)
+            .where(
+                Model.tenant_id == tenant_id,
+                Model.sha256 == staged.sha256,
+                Model.requested_output.is_(None)
+                if output is None
+                else Model.requested_output == output,
+            )
+            .limit(1)
+        )
+        info = sibling if sibling is not None else _intake_model(staged.path, output, settings)
         num_classes = info["output"]["num_classes"]
         if names is not None and num_classes is not None and len(names) != num_classes:
             raise Unprocessable(
                 f"class_names has {len(names)} entries but the model scores {num_classes} classes"
             )
         stored = store.commit(staged)
-    row = Model(
-        tenant_id=tenant_id,
-        name=name or _stem(filename, "model"),
-        version=version,
-        sha256=stored.sha256,
-        size_bytes=stored.size,
-        opset=info["opset"],
-        input_range=value_range,
-        requested_output=output,
-        class_names=names,
-        intake=info,
-        backends={
-            "torch": {"ok": None, "parity_max_abs_diff": None, "reason": PENDING},
-            "onnxruntime": {"ok": None, "reason": PENDING},
-        },
-    )
+    row.size_bytes = stored.size
+    row.opset = info["opset"]
+    row.intake = info
+    row.backends = {
+        "torch": {"ok": None, "parity_max_abs_diff": None, "reason": PENDING},
+        "onnxruntime": {"ok": None, "reason": PENDING},
+    }
     return _insert_or_existing(session, row)
 
 
@@ -199,7 +242,8 @@ def create_dataset(
 ) -> tuple[Dataset, bool]:
     """Check and store an .npz or image zip; (row, created). Same bytes → the existing row."""
     with _staged(store, stream, settings.max_dataset_bytes) as staged:
-        existing = _restore_same_bytes(session, Dataset, tenant_id, staged.sha256)
+        probe = Dataset(tenant_id=tenant_id, sha256=staged.sha256)
+        existing = _restore_same(session, probe)
         if existing is not None:
             return existing
         facts, class_names = _scan_dataset(staged.path, settings)

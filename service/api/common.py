@@ -14,11 +14,36 @@ from service.auth import authenticate
 from service.errors import PROBLEM, Problem
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
-PROBLEM_RESPONSES: dict[int | str, Any] = {
-    401: {"description": "Missing or unknown API key", "content": {PROBLEM: {}}},
-    404: {"description": "Not found, or another tenant's", "content": {PROBLEM: {}}},
-    422: {"description": "Invalid input; `detail` says what to fix", "content": {PROBLEM: {}}},
+# RFC 9457; some problems add members (`errors`, `limit`, `retry_after_s`).
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string", "description": "What went wrong and what to change"},
+    },
+    "additionalProperties": True,
 }
+
+
+def problem(description: str) -> dict[str, Any]:
+    """An error answer in the OpenAPI document: problem+json with `description`."""
+    return {"description": description, "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}}}
+
+
+# What any authenticated route may answer besides its own results.
+PROBLEM_RESPONSES: dict[int | str, Any] = {
+    401: problem("Missing, unknown or revoked API key"),
+    404: problem("No such object, or another tenant's or a deleted one"),
+    413: problem("The request body is over the size limit"),
+    422: problem("Invalid input; `detail` says which field and what to fix"),
+    429: problem("Over the rate limit or a tenant quota; retry after `Retry-After` seconds"),
+    503: problem("The database is unreachable; retry later"),
+}
+BAD_CURSOR = {400: problem("The `cursor` is not one this API returned")}
+CONFLICT = problem("The audit is not in a state that allows this; `detail` says which")
 
 
 def blueprint(name: str, prefix: str, description: str) -> APIBlueprint:

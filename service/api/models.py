@@ -7,7 +7,7 @@ from flask import Response, current_app
 from infra.persistence.models import Model
 from infra.queue import INSPECT_MODEL
 from service import catalog, limits
-from service.api.common import blueprint, json_response, settings, store
+from service.api.common import BAD_CURSOR, blueprint, json_response, settings, store
 from service.auth import tenant_id
 from service.db import db
 from service.schemas import ModelForm, ModelListQuery, ModelOut, ModelPage, ModelPath
@@ -60,7 +60,7 @@ def upload_model(form: ModelForm) -> Response:
 
 @bp.get(
     "",
-    responses={200: ModelPage},
+    responses={200: ModelPage, **BAD_CURSOR},
     description="Filter by `name`; follow `next_cursor` for the next page.",
 )
 def list_models(query: ModelListQuery) -> Response:
