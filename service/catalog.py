@@ -92,7 +92,7 @@ def _restore_same(session: Session, row: Row) -> tuple[Row, bool] | None:
     return existing, created
 
 
-def _same(row: Row) -> Select[tuple[Row]]:
+def _same(row: Row) -> Select[Row]:
     """The rows a new upload is the same as: its bytes, and a model's metadata too."""
     entity = type(row)
     stmt = select(entity).where(entity.tenant_id == row.tenant_id, entity.sha256 == row.sha256)

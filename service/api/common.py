@@ -42,7 +42,7 @@ PROBLEM_RESPONSES: dict[int | str, Any] = {
     429: problem("Over the rate limit or a tenant quota; retry after `Retry-After` seconds"),
     503: problem("The database is unreachable; retry later"),
 }
-BAD_CURSOR = {400: problem("The `cursor` is not one this API returned")}
+BAD_CURSOR: dict[int | str, Any] = {400: problem("The `cursor` is not one this API returned")}
 CONFLICT = problem("The audit is not in a state that allows this; `detail` says which")
 
 
