@@ -57,16 +57,26 @@ def realistic_result(rng: random.Random) -> dict[str, Any]:
         per_eps.append(
             {
                 "epsilon": eps,
-                "divergence": {"mean": mean, "median": mean, "p90": max(psi), "max": max(psi),
-                               "ci95": [mean * 0.9, mean * 1.1]},  # fmt: skip
+                "divergence": {
+                    "mean": mean,
+                    "median": mean,
+                    "p90": max(psi),
+                    "max": max(psi),
+                    "ci95": [mean * 0.9, mean * 1.1],
+                },
                 "clean_accuracy": 0.97,
                 "fgsm_accuracy": 0.6,
                 "pgd_accuracy": 0.5,
                 "per_sample": psi,
-                "convergence": {"psi_mean_half": mean * 0.95, "psi_mean": mean,
-                                "relative_gain": 0.05, "converged": True, "suggested_steps": None},
+                "convergence": {
+                    "psi_mean_half": mean * 0.95,
+                    "psi_mean": mean,
+                    "relative_gain": 0.05,
+                    "converged": True,
+                    "suggested_steps": None,
+                },
             }
-        )  # fmt: skip
+        )
     coords = [round(-1 + i / 10, 2) for i in range(21)]
     landscapes = [
         {"sample_index": k, "label": k, "epsilon": 0.03, "norm": "linf", "coords": coords,
@@ -115,13 +125,23 @@ def seed_database(url: str, n: int, summaries: bool) -> tuple[str, list[str], in
             audit_id = str(uuid.uuid4())
             ids.append(audit_id)
             session.add(
-                Audit(id=audit_id, tenant_id=tenant, model_id=model.id, dataset_id=dataset.id,
-                      config={"seed": i}, config_hash=f"{i:064d}", status="succeeded",
-                      progress_done=1024, progress_total=1024, backend="torch", result=result,
-                      summary=summary if summaries else None,
-                      created_at=start + timedelta(seconds=250 * i),
-                      started_at=start + timedelta(seconds=250 * i),
-                      finished_at=start + timedelta(seconds=250 * i + 60))  # fmt: skip
+                Audit(
+                    id=audit_id,
+                    tenant_id=tenant,
+                    model_id=model.id,
+                    dataset_id=dataset.id,
+                    config={"seed": i},
+                    config_hash=f"{i:064d}",
+                    status="succeeded",
+                    progress_done=1024,
+                    progress_total=1024,
+                    backend="torch",
+                    result=result,
+                    summary=summary if summaries else None,
+                    created_at=start + timedelta(seconds=250 * i),
+                    started_at=start + timedelta(seconds=250 * i),
+                    finished_at=start + timedelta(seconds=250 * i + 60),
+                )
             )
             if i % 1000 == 999:
                 session.flush()

@@ -48,7 +48,8 @@ def test_lists_summarise_and_delete_hides_an_audit(
     items = {i["id"]: i for i in page.get_json()["items"]}
     summary = items[new]["result"]
     assert summary["per_epsilon"][0]["divergence"]["mean"] == 0.011
-    assert summary["landscapes"] == 1 and summary["verdict"] == "measured"
+    assert summary["landscapes"] == 1
+    assert summary["verdict"] == "measured"
     assert "per_sample" not in page.get_data(as_text=True)
     assert "margin" not in page.get_data(as_text=True)
     whole = client.get(f"/v1/audits/{new}", headers=auth).get_json()["result"]
@@ -64,7 +65,8 @@ def test_lists_summarise_and_delete_hides_an_audit(
 
     # a time without a zone is UTC: the same page as with Z
     naive = client.get("/v1/audits?created_after=2000-01-01T00:00:00", headers=auth)
-    assert naive.status_code == 200 and len(naive.get_json()["items"]) == 2
+    assert naive.status_code == 200
+    assert len(naive.get_json()["items"]) == 2
     later = client.get("/v1/audits?created_after=2999-01-01T00:00:00", headers=auth)
     assert later.get_json()["items"] == []
 
@@ -76,7 +78,8 @@ def test_lists_summarise_and_delete_hides_an_audit(
     assert_problem(client.get(f"/v1/audits/{old}/report.json", headers=auth), 404)
     assert_problem(client.delete(f"/v1/audits/{old}", headers=auth), 404)
     listed = [i["id"] for i in client.get("/v1/audits", headers=auth).get_json()["items"]]
-    assert old not in listed and new in listed
+    assert old not in listed
+    assert new in listed
     assert_problem(client.get(f"/v1/compare?audits={old},{new}", headers=auth), 404)
     # a deleted audit is never the identical succeeded one a new request reuses
     again = {"model_id": ids[0], "dataset_id": ids[1], "config": {"seed": 1}}
@@ -101,7 +104,7 @@ def test_same_bytes_with_new_metadata_are_a_new_version(
     assert first.status_code == 201
     same = upload_model(client, auth, cnn_bytes(), name="digits", version="1")
     assert (same.status_code, same.get_json()["id"]) == (200, first.get_json()["id"])
-    ids = {first.get_json()["id"]}
+    seen = {first.get_json()["id"]}
     for fields in (
         {"name": "digits", "version": "2"},
         {"name": "digits", "version": "1", "input_range": "0,255"},
@@ -110,10 +113,10 @@ def test_same_bytes_with_new_metadata_are_a_new_version(
         resp = upload_model(client, auth, cnn_bytes(), **fields)
         assert resp.status_code == 201, (fields, resp.get_json())
         assert resp.get_json()["sha256"] == first.get_json()["sha256"]
-        ids.add(resp.get_json()["id"])
-    assert len(ids) == 4
+        seen.add(resp.get_json()["id"])
+    assert len(seen) == 4
     versions = client.get("/v1/models?name=digits", headers=auth).get_json()["items"]
-    assert {m["id"] for m in versions} == ids
+    assert {m["id"] for m in versions} == seen
 
     for bad in ("0,Infinity", "0,1e400", "[0, 1e999]", "nan,1"):
         resp = upload_model(client, auth, cnn_bytes(), input_range=bad)
