@@ -85,6 +85,21 @@ def test_lists_summarise_and_delete_hides_an_audit(
     again = {"model_id": ids[0], "dataset_id": ids[1], "config": {"seed": 1}}
     assert client.post("/v1/audits", json=again, headers=auth).status_code == 202
 
+    # the worker writes the summary with the result; the list reads that column
+    from infra.persistence.models import Audit, AuditStatus
+    from worker.leases import finish
+
+    done = client.post("/v1/audits", json={**again, "config": {"seed": 3}}, headers=auth)
+    done_id = done.get_json()["id"]
+    assert finish(db_session, done_id, AuditStatus.SUCCEEDED, result=full_result(0.02),
+                  backend="torch")  # fmt: skip
+    row = db_session.get(Audit, done_id)
+    assert row is not None
+    assert row.summary is not None
+    assert row.summary["per_epsilon"][0]["divergence"]["mean"] == 0.02
+    listed_items = client.get("/v1/audits", headers=auth).get_json()["items"]
+    assert next(i for i in listed_items if i["id"] == done_id)["result"] == row.summary
+
     # an Idempotency-Key reused with another body says so
     keyed = {**auth, "Idempotency-Key": "release-7"}
     body = {"model_id": ids[0], "dataset_id": ids[1], "config": {"seed": 5}}
