@@ -10,16 +10,19 @@ left out of the JSON rather than written as null, as they always were.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     SerializerFunctionWrapHandler,
     model_serializer,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from robustness.config import BackendKind, Norm
 from robustness.preprocessing import Preprocessing
@@ -31,6 +34,15 @@ class ResultModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
     # Fields left out of the JSON when None (a result that did not record them).
     omit_if_none: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The schema of the fields (the API documents it), not of the serializer below,
+        whose return value is any object."""
+        fields = {k: v for k, v in core_schema.items() if k != "serialization"}
+        return handler(cast(CoreSchema, fields))
 
     @model_serializer(mode="wrap")
     def _omit_unrecorded(self, handler: SerializerFunctionWrapHandler) -> Any:
@@ -156,7 +168,10 @@ class BackendState(ResultModel):
 
 
 class Manifest(ResultModel):
-    """What the numbers were measured on and with; a shard records device, backends, notes."""
+    """What the numbers were measured on and with: model and dataset sha256, config hash,
+    versions, device and backend."""
+
+    # A shard records device, backends and notes; merging fills in the rest.
 
     omit_if_none = frozenset(
         {"model_sha256", "dataset_sha256", "config_hash", "versions", "device", "backend",
@@ -179,7 +194,9 @@ class Manifest(ResultModel):
 
 
 class Timing(ResultModel):
-    """Engine seconds per stage (summed over shards); the CLI adds wall seconds."""
+    """Engine seconds per stage, summed over the workers that ran the audit."""
+
+    # The CLI adds wall seconds.
 
     omit_if_none = frozenset({"seconds", "samples_per_second"})
     stages: dict[str, float] = Field(default_factory=dict)
@@ -187,8 +204,32 @@ class Timing(ResultModel):
     samples_per_second: float | None = None
 
 
+class EpsilonSummary(ResultModel):
+    """One ε of a result summary: EpsilonResult without its per-sample values or convergence."""
+
+    epsilon: float
+    divergence: DivergenceSummary
+    clean_accuracy: float | None
+    fgsm_accuracy: float | None
+    pgd_accuracy: float | None
+
+
+class ResultSummary(ResultModel):
+    """A result in a list: its per-ε figures and verdict, without per-sample values, landscape
+    grids, evidence or manifest (those stay in the full result)."""
+
+    samples: int
+    backend: BackendKind
+    verdict: Verdict
+    gradient_masking_suspected: bool
+    landscapes: int = Field(description="How many landscapes the full result holds")
+    per_epsilon: tuple[EpsilonSummary, ...]
+
+
 class AuditResult(ResultModel):
-    """What an audit produces: of one engine call, one shard, or all shards merged."""
+    """An audit's result: per-ε figures, diagnostics, landscapes and what it was measured on."""
+
+    # Also what one engine call or one shard produces, before the shards merge.
 
     omit_if_none = frozenset({"search", "manifest", "timing"})
     per_epsilon: tuple[EpsilonResult, ...]
@@ -234,6 +275,20 @@ class AuditResult(ResultModel):
                 kind=DegeneracyKind.CONSTANT_OUTPUT, reason="the audit's verdict is degenerate"
             )
         return found
+
+    def summary(self) -> ResultSummary:
+        """What a list shows of this result."""
+        keep = set(EpsilonSummary.model_fields)
+        return ResultSummary(
+            samples=self.samples,
+            backend=self.backend,
+            verdict=self.verdict,
+            gradient_masking_suspected=self.diagnostics.gradient_masking_suspected,
+            landscapes=len(self.landscapes),
+            per_epsilon=tuple(
+                EpsilonSummary(**{k: getattr(e, k) for k in keep}) for e in self.per_epsilon
+            ),
+        )
 
     def to_json(self, *, include_per_sample: bool = True) -> dict[str, Any]:
         """The JSON object, optionally without the per-sample values (lists, summaries)."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session, defer, object_session
 
 from infra.config import Settings
 from infra.dispatch import WAITING_STAGE, settle, shown_status, waiting
@@ -20,13 +20,13 @@ from robustness.config import AuditConfig
 from robustness.cost import estimate_cost
 from robustness.datasets import DatasetFacts, check_fit
 from robustness.image_datasets import image_target, target_shape
-from robustness.results import AuditResult, LandscapeResult
+from robustness.results import AuditResult, LandscapeResult, ResultSummary
 from robustness.spec import spec_from_config
 from service import limits
 from service.catalog import get_dataset, get_model
-from service.errors import NotFound, Problem
+from service.errors import NotFound, Problem, Unprocessable
 from service.pagination import paginate
-from service.schemas import AuditOut, CostOut, Passes, Progress
+from service.schemas import AuditOut, AuditSummary, CostOut, Passes, Progress
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -48,6 +48,7 @@ def create_audit(
     a new audit must fit the operator's caps (service/limits.py: 422, 429)."""
     replay = _replay(session, tenant_id, idempotency_key)
     if replay is not None:
+        _check_same_request(replay, model_id, dataset_id, config)
         return replay, False
     model = get_model(session=session, tenant_id=tenant_id, model_id=model_id)
     dataset = get_dataset(session=session, tenant_id=tenant_id, dataset_id=dataset_id)
@@ -94,6 +95,22 @@ def _replay(session: Session, tenant_id: str, idempotency_key: str | None) -> Au
     )
 
 
+def _check_same_request(replay: Audit, model_id: str, dataset_id: str, config: AuditConfig) -> None:
+    """A replayed Idempotency-Key must carry the request that first used it (RFC draft
+    httpapi-idempotency-key: reuse with another payload is an error, not the first answer)."""
+    digest = config_hash(config.model_dump(mode="json"))
+    same = (replay.model_id, replay.dataset_id, replay.config_hash) == (
+        model_id,
+        dataset_id,
+        digest,
+    )
+    if not same:
+        raise Unprocessable(
+            f"this Idempotency-Key was used for audit {replay.id} with another model, dataset "
+            "or config; send a new key for a different request"
+        )
+
+
 def _check_fit(model: Model, dataset: Dataset) -> DatasetFacts:
     """The dataset's samples, labels and values fit the model's input, classes and range; the
     facts as the audit will see them (an image dataset is decoded to the model's input)."""
@@ -123,6 +140,7 @@ def _same_succeeded(
             Audit.dataset_id == dataset.id,
             Audit.config_hash == digest,
             Audit.status == AuditStatus.SUCCEEDED.value,
+            Audit.deleted_at.is_(None),
         )
         .order_by(Audit.created_at.desc())
         .limit(1)
@@ -130,10 +148,26 @@ def _same_succeeded(
 
 
 def get_audit(*, session: Session, tenant_id: str, audit_id: str) -> Audit:
+    """A live audit of this tenant, else 404 (another tenant's and deleted ones included)."""
     row = session.get(Audit, audit_id)
-    if row is None or row.tenant_id != tenant_id:
+    if row is None or row.tenant_id != tenant_id or row.deleted_at is not None:
         raise NotFound("audit", audit_id)
     return row
+
+
+def delete_audit(*, session: Session, tenant_id: str, audit_id: str) -> None:
+    """Hide a finished audit from lists, compare, gates and reuse; its row stays (soft delete,
+    as for models and datasets). A live audit is refused with 409: cancel it first."""
+    audit = get_audit(session=session, tenant_id=tenant_id, audit_id=audit_id)
+    if audit.status not in {s.value for s in TERMINAL}:
+        raise Problem(
+            409,
+            "Conflict",
+            f"the audit is {audit.status}; cancel it first (POST /v1/audits/{audit_id}/cancel) "
+            "and delete it once it is cancelled",
+        )
+    audit.deleted_at = utcnow()
+    session.flush()
 
 
 def list_audits(
@@ -148,7 +182,11 @@ def list_audits(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
 ) -> tuple[list[Audit], str | None]:
-    stmt = select(Audit).where(Audit.tenant_id == tenant_id)
+    stmt = (
+        select(Audit)
+        .where(Audit.tenant_id == tenant_id, Audit.deleted_at.is_(None))
+        .options(defer(Audit.result))  # a page reads summaries, never whole results
+    )
     if model_id:
         stmt = stmt.where(Audit.model_id == model_id)
     if model_name:
@@ -234,27 +272,42 @@ def eta_seconds(row: Audit) -> float | None:
     return round(left, 1)
 
 
-def audit_out(row: Audit) -> AuditOut:
+def _audit_fields(row: Audit) -> dict[str, Any]:
+    """What an audit and its summary share: everything but the result."""
     session = object_session(row)
     status, stage = row.status, row.stage
     if row.status == AuditStatus.RUNNING.value and session is not None and waiting(session, row.id):
         status, stage = AuditStatus.QUEUED.value, WAITING_STAGE  # `running` only while work runs
-    return AuditOut(
-        id=row.id,
-        model_id=row.model_id,
-        dataset_id=row.dataset_id,
-        config=AuditConfig.from_stored(row.config),
-        status=status,  # an AuditStatus value, validated
-        progress=Progress(
+    return {
+        "id": row.id,
+        "model_id": row.model_id,
+        "dataset_id": row.dataset_id,
+        "config": AuditConfig.from_stored(row.config),
+        "status": status,  # an AuditStatus value, validated
+        "progress": Progress(
             done=row.progress_done,
             total=row.progress_total,
             stage=stage,
             eta_seconds=eta_seconds(row),
         ),
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        backend=row.backend,
-        error=row.error,
-        result=stored_result(row),
-    )
+        "created_at": row.created_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "backend": row.backend,
+        "error": row.error,
+    }
+
+
+def audit_out(row: Audit) -> AuditOut:
+    """The whole audit, its full result included."""
+    return AuditOut(**_audit_fields(row), result=stored_result(row))
+
+
+def audit_summary(row: Audit) -> AuditSummary:
+    """The audit as a list shows it: its result summarised."""
+    if row.summary is not None:
+        summary: ResultSummary | None = ResultSummary.model_validate(row.summary)
+    else:  # a result stored without its summary (before it was kept): derived here
+        result = stored_result(row)
+        summary = result.summary() if result is not None else None
+    return AuditSummary(**_audit_fields(row), result=summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -83,18 +84,46 @@ def _stem(filename: str | None, fallback: str) -> str:
     return text.rsplit(".", 1)[0][:200] or fallback
 
 
-def _restore_same_bytes(
-    session: Session, entity: type[Row], tenant_id: str, sha256: str
-) -> tuple[Row, bool] | None:
-    """The tenant's row for these bytes, if any: (row, created). Deleted rows come back."""
-    row = session.scalar(
-        select(entity).where(entity.tenant_id == tenant_id, entity.sha256 == sha256)
-    )
-    if row is None:
+def _restore_same(session: Session, row: Row) -> tuple[Row, bool] | None:
+    """The tenant's row for the same bytes (and, for a model, the same metadata), if any:
+    (row, created). Deleted rows come back."""
+    existing = session.scalar(_same(row))
+    if existing is None:
         return None
-    created = row.deleted_at is not None  # uploading deleted bytes restores the object
-    row.deleted_at = None
-    return row, created
+    created = existing.deleted_at is not None  # uploading deleted bytes restores the object
+    existing.deleted_at = None
+    return existing, created
+
+
+def _same(row: Row) -> Select[Row]:
+    """The rows a new upload is the same as: its bytes, and a model's metadata too."""
+    entity = type(row)
+    stmt = select(entity).where(entity.tenant_id == row.tenant_id, entity.sha256 == row.sha256)
+    if isinstance(row, Model):
+        stmt = stmt.where(Model.variant == row.variant)
+    return stmt
+
+
+def model_variant(
+    *,
+    name: str,
+    version: str | None,
+    input_range: list[float],
+    output: str | None,
+    class_names: list[str] | None,
+    preprocessing: dict[str, Any] | None = None,
+) -> str:
+    """The hash of a model's metadata: the same bytes with another one are another version."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "input_range": [float(v) for v in input_range],
+        "output": output,
+        "class_names": class_names,
+    }
+    if preprocessing is not None:  # absent, not null: rows stored before it keep their hash
+        meta["preprocessing"] = preprocessing
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def _insert_or_existing(session: Session, row: Row) -> tuple[Row, bool]:
@@ -103,10 +132,7 @@ def _insert_or_existing(session: Session, row: Row) -> tuple[Row, bool]:
         with session.begin_nested():
             session.add(row)
     except IntegrityError:
-        entity = type(row)
-        winner = session.scalar(
-            select(entity).where(entity.tenant_id == row.tenant_id, entity.sha256 == row.sha256)
-        )
+        winner = session.scalar(_same(row))
         if winner is None:
             raise
         return winner, False
@@ -173,24 +199,19 @@ def _check_preprocessing(pre: Preprocessing | None, intake: dict[str, Any]) -> N
         raise Unprocessable(str(exc)) from exc
 
 
-def _same_preprocessing(
-    row: Model, restored: bool, pre: Preprocessing | None, input_range: str | list[float] | None
-) -> None:
-    """Same bytes with another declared preprocessing: refused while the model is live, never
-    silently ignored; deleted bytes uploaded again come back with what this upload declares."""
-    if pre is None or row.preprocessing == pre.model_dump(mode="json"):
-        return
-    if not restored:
-        raise Problem(
-            409,
-            "Conflict",
-            f"these bytes are already model {row.id} with preprocessing {row.preprocessing}; "
-            "a live model's preprocessing cannot change: delete it, then upload it again with "
-            "the new preprocessing",
-        )
-    _check_preprocessing(pre, row.intake)
-    row.input_range = _model_range(pre, input_range)
-    row.preprocessing = pre.model_dump(mode="json")
+def _sibling_intake(
+    session: Session, tenant_id: str, sha256: str, output: str | None
+) -> dict[str, Any] | None:
+    """The intake report of another version of these bytes that read the same output, if any:
+    the bytes were checked in the sandbox already."""
+    same_output = (
+        Model.requested_output.is_(None) if output is None else Model.requested_output == output
+    )
+    return session.scalar(
+        select(Model.intake)
+        .where(Model.tenant_id == tenant_id, Model.sha256 == sha256, same_output)
+        .limit(1)
+    )
 
 
 def parse_class_names(value: str | list[str] | None) -> list[str] | None:
@@ -220,16 +241,38 @@ def create_model(
     class_names: str | list[str] | None,
     preprocessing: str | dict[str, Any] | list[Any] | None = None,
 ) -> tuple[Model, bool]:
-    """Check, inspect and store an ONNX model; (row, created). Same bytes → the existing row."""
+    """Check, inspect and store an ONNX model; (row, created). The same bytes and metadata
+    are the existing row; the same bytes with other metadata (preprocessing included) are a
+    new row (a version) that shares the stored file."""
     pre = parse_preprocessing(preprocessing)
+    value_range = _model_range(pre, input_range)
+    names = parse_class_names(class_names)
+    pre_json = None if pre is None else pre.model_dump(mode="json")
     with _staged(store, stream, settings.max_model_bytes) as staged:
-        existing = _restore_same_bytes(session, Model, tenant_id, staged.sha256)
+        row = Model(
+            tenant_id=tenant_id,
+            name=name or _stem(filename, "model"),
+            version=version,
+            sha256=staged.sha256,
+            input_range=value_range,
+            requested_output=output,
+            class_names=names,
+            preprocessing=pre_json,
+        )
+        row.variant = model_variant(
+            name=row.name,
+            version=version,
+            input_range=value_range,
+            output=output,
+            class_names=names,
+            preprocessing=pre_json,
+        )
+        existing = _restore_same(session, row)
         if existing is not None:
-            _same_preprocessing(*existing, pre, input_range)
             return existing
-        value_range = _model_range(pre, input_range)
-        names = parse_class_names(class_names)
-        info = _intake_model(staged.path, output, settings)
+        info = _sibling_intake(session, tenant_id, staged.sha256, output)
+        if info is None:
+            info = _intake_model(staged.path, output, settings)
         _check_preprocessing(pre, info)
         num_classes = info["output"]["num_classes"]
         if names is not None and num_classes is not None and len(names) != num_classes:
@@ -237,23 +280,13 @@ def create_model(
                 f"class_names has {len(names)} entries but the model scores {num_classes} classes"
             )
         stored = store.commit(staged)
-    row = Model(
-        tenant_id=tenant_id,
-        name=name or _stem(filename, "model"),
-        version=version,
-        sha256=stored.sha256,
-        size_bytes=stored.size,
-        opset=info["opset"],
-        input_range=value_range,
-        requested_output=output,
-        class_names=names,
-        preprocessing=None if pre is None else pre.model_dump(mode="json"),
-        intake=info,
-        backends={
-            "torch": {"ok": None, "parity_max_abs_diff": None, "reason": PENDING},
-            "onnxruntime": {"ok": None, "reason": PENDING},
-        },
-    )
+    row.size_bytes = stored.size
+    row.opset = info["opset"]
+    row.intake = info
+    row.backends = {
+        "torch": {"ok": None, "parity_max_abs_diff": None, "reason": PENDING},
+        "onnxruntime": {"ok": None, "reason": PENDING},
+    }
     return _insert_or_existing(session, row)
 
 
@@ -270,7 +303,8 @@ def create_dataset(
 ) -> tuple[Dataset, bool]:
     """Check and store an .npz or image zip; (row, created). Same bytes → the existing row."""
     with _staged(store, stream, settings.max_dataset_bytes) as staged:
-        existing = _restore_same_bytes(session, Dataset, tenant_id, staged.sha256)
+        probe = Dataset(tenant_id=tenant_id, sha256=staged.sha256)
+        existing = _restore_same(session, probe)
         if existing is not None:
             return existing
         facts, class_names = _scan_dataset(staged.path, settings)

@@ -6,7 +6,8 @@ from typing import Any
 
 from flask import Flask, Response, json, request
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from robustness.errors import AuditInputError
 
@@ -71,7 +72,19 @@ def register(app: Flask) -> None:
         if status == 413:
             limit = request.max_content_length
             detail = f"the request body exceeds the limit of {limit} bytes"
-        return problem_response(status, exc.name, detail)
+        response = problem_response(status, exc.name, detail)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # RFC 9110 requires it
+        return response
+
+    @app.errorhandler(OperationalError)
+    def _database_down(exc: OperationalError) -> Response:
+        app.logger.warning("database unreachable: %s", type(exc.orig).__name__)
+        response = problem_response(
+            503, "Service Unavailable", "the database is unreachable; retry in a few seconds"
+        )
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

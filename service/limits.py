@@ -216,17 +216,17 @@ def check_tenant_slots(session: Session, tenant_id: str, settings: Settings) -> 
 
 
 def stored_bytes(session: Session, tenant_id: str) -> int:
-    """Bytes of the tenant's models and datasets; deleting one frees its share."""
+    """Bytes of the tenant's models and datasets; deleting one frees its share. Model versions
+    that share their bytes share one stored file: counted once."""
     total = 0
     for entity in (Model, Dataset):
-        total += (
-            session.scalar(
-                select(func.coalesce(func.sum(entity.size_bytes), 0)).where(
-                    entity.tenant_id == tenant_id, entity.deleted_at.is_(None)
-                )
-            )
-            or 0
+        files = (
+            select(entity.sha256, entity.size_bytes)
+            .where(entity.tenant_id == tenant_id, entity.deleted_at.is_(None))
+            .distinct()
+            .subquery()
         )
+        total += session.scalar(select(func.coalesce(func.sum(files.c.size_bytes), 0))) or 0
     return int(total)
 
 
@@ -239,11 +239,13 @@ def _stored_already(session: Session, tenant_id: str, entity: type[Model] | type
     stream.seek(0)
     return (
         session.scalar(
-            select(entity.id).where(
+            select(entity.id)
+            .where(
                 entity.tenant_id == tenant_id,
                 entity.sha256 == digest.hexdigest(),
                 entity.deleted_at.is_(None),
             )
+            .limit(1)
         )
         is not None
     )

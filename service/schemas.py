@@ -8,17 +8,25 @@ response that drifts from its schema fails (a 500 in tests) instead of reaching 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from flask_openapi3 import FileStorage
-from pydantic import AwareDatetime, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic import BaseModel as _PydanticModel
 
-from robustness.compare import Comparison
+from robustness.compare import Comparison, parse_increase
 from robustness.config import AuditConfig
 from robustness.preprocessing import Preprocessing
-from robustness.results import AuditResult, BackendState, EpsilonResult
+from robustness.results import AuditResult, BackendState, EpsilonResult, ResultSummary
 
 
 class BaseModel(_PydanticModel):
@@ -109,6 +117,40 @@ class IdempotencyHeader(BaseModel):
     idempotency_key: str | None = Field(None, alias="Idempotency-Key", max_length=200)
 
 
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# A time without a timezone is read as UTC, as every time this API writes is.
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+def _increase(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_increase(value)
+    except ValueError as exc:
+        raise ValueError(
+            f"{value!r} is not a fraction like 0.1 or a percentage like 10% (≥ 0)"
+        ) from exc
+
+
+# "10%" (what the CLI's gate takes) or 0.1: one parser, robustness.compare.parse_increase.
+Increase = Annotated[
+    float,
+    BeforeValidator(_increase),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^(0|[1-9][0-9]{0,5})(\.[0-9]{1,6})?%$"},
+            ]
+        }
+    ),
+]
+
+
 class ListQuery(BaseModel):
     limit: int = Field(50, ge=1, le=500)
     cursor: str | None = None
@@ -122,8 +164,12 @@ class AuditListQuery(ListQuery):
     model_id: str | None = None
     model_name: str | None = None
     status: AuditState | None = None
-    created_after: AwareDatetime | None = Field(None, description="With a timezone: …Z or +00:00")
-    created_before: AwareDatetime | None = Field(None, description="With a timezone")
+    created_after: UtcDatetime | None = Field(
+        None, description="ISO 8601, e.g. 2026-01-31T12:00:00Z; without a timezone it is UTC"
+    )
+    created_before: UtcDatetime | None = Field(
+        None, description="ISO 8601; without a timezone it is UTC"
+    )
 
 
 class CompareQuery(BaseModel):
@@ -131,7 +177,9 @@ class CompareQuery(BaseModel):
         description="Comma-separated audit ids; the first is the baseline, or `latest:NAME`: "
         "the newest succeeded audit of models named NAME measured like the second"
     )
-    max_increase: float = Field(0.10, ge=0, description="Relative divergence rise that regresses")
+    max_increase: Increase = Field(
+        0.10, ge=0, description="Relative rise of the mean divergence that regresses: 0.1 or 10%"
+    )
 
 
 class ModelPath(BaseModel):
@@ -223,9 +271,7 @@ class Progress(Out):
     eta_seconds: float | None = Field(description="Seconds left at the pace so far")
 
 
-class AuditOut(Out):
-    """An audit: its config, status and progress, and its result once it succeeded."""
-
+class _AuditFields(Out):
     id: str
     model_id: str
     dataset_id: str
@@ -237,7 +283,18 @@ class AuditOut(Out):
     finished_at: Timestamp | None
     backend: str | None = Field(description="The backend that ran: torch or onnxruntime")
     error: str | None
+
+
+class AuditOut(_AuditFields):
+    """An audit: its config, status and progress, and its result once it succeeded."""
+
     result: AuditResult | None
+
+
+class AuditSummary(_AuditFields):
+    """An audit in a list: as `GET /v1/audits/{id}` answers, with a summary of its result."""
+
+    result: ResultSummary | None
 
 
 class Passes(Out):
@@ -291,7 +348,7 @@ class DatasetPage(Out):
 
 
 class AuditPage(Out):
-    items: list[AuditOut]
+    items: list[AuditSummary]
     next_cursor: str | None
 
 

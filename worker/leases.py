@@ -25,6 +25,7 @@ from infra.persistence.models import (
     Tenant,
     utcnow,
 )
+from robustness.results import AuditResult
 
 LIVE = (AuditStatus.QUEUED.value, *(s.value for s in ACTIVE))
 DEFERRED: Literal["deferred"] = "deferred"
@@ -310,6 +311,10 @@ def finish(
     values: dict[str, Any] = {
         "status": final,
         "result": result,
+        # What lists show, kept beside the result so that they never read whole results.
+        "summary": AuditResult.model_validate(result).summary().model_dump(mode="json")
+        if result is not None
+        else None,
         "error": error,
         "backend": backend,
         "finished_at": utcnow(),

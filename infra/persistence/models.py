@@ -114,9 +114,15 @@ class ApiKey(Base):
 
 
 class Model(Base):
+    """An uploaded model version: its bytes (sha256, shared by versions) and their metadata.
+
+    The same bytes with other metadata (name, version, input range, output, class names) are
+    another row, another version; `variant` is the hash of that metadata, so the same bytes
+    and metadata stay one row even when two uploads race."""
+
     __tablename__ = "models"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "sha256"),
+        UniqueConstraint("tenant_id", "sha256", "variant"),
         Index("ix_models_tenant_created", "tenant_id", "created_at"),
     )
 
@@ -125,6 +131,7 @@ class Model(Base):
     name: Mapped[str] = mapped_column(String(200), index=True)
     version: Mapped[str | None] = mapped_column(String(100))
     sha256: Mapped[str] = mapped_column(String(64))
+    variant: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     opset: Mapped[int] = mapped_column(Integer)
     input_range: Mapped[list[Any]]
@@ -198,8 +205,11 @@ class Audit(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None]
+    # The result's ResultSummary, written with it: lists read this, never the whole result.
+    summary: Mapped[dict[str, Any] | None]
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
     dispatched_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]

@@ -9,7 +9,14 @@ from flask import Response, current_app, send_file, url_for
 from infra.dispatch import send_audit
 from robustness.results import LandscapeResult
 from service import audits, reports, webhooks
-from service.api.common import blueprint, json_response, settings, store
+from service.api.common import (
+    BAD_CURSOR,
+    CONFLICT,
+    blueprint,
+    json_response,
+    settings,
+    store,
+)
 from service.auth import tenant_id
 from service.db import db
 from service.errors import NotFound
@@ -44,7 +51,6 @@ HTML: dict[str, Any] = {"description": "HTML page", "content": {"text/html": {}}
     responses={
         202: AuditCreated,
         200: AuditCreated,
-        429: {"description": "Over a tenant quota; retry after Retry-After seconds"},
     },
     description=(
         "Answers 202 with the audit's id, links and a cost estimate; the audit runs on a "
@@ -84,7 +90,7 @@ def create_audit(body: AuditCreate, header: IdempotencyHeader) -> Response:
 
 @bp.get(
     "",
-    responses={200: AuditPage},
+    responses={200: AuditPage, **BAD_CURSOR},
     description=(
         "Filter by model, model name, status or creation time; follow `next_cursor` for the "
         "next page."
@@ -103,7 +109,9 @@ def list_audits(query: AuditListQuery) -> Response:
         created_after=query.created_after,
         created_before=query.created_before,
     )
-    return json_response(AuditPage(items=[audits.audit_out(r) for r in rows], next_cursor=cursor))
+    return json_response(
+        AuditPage(items=[audits.audit_summary(r) for r in rows], next_cursor=cursor)
+    )
 
 
 @bp.get(
@@ -121,9 +129,26 @@ def get_audit(path: AuditPath) -> Response:
     return json_response(audits.audit_out(row))
 
 
+@bp.delete(
+    "/<audit_id>",
+    responses={204: None, 409: CONFLICT},
+    description=(
+        "It disappears from lists, `GET /v1/compare` and gates, and is never reused for an "
+        "identical request; reading it (and its report) answers 404 from then on, as for a "
+        "deleted model or dataset. A queued or running audit answers 409: cancel it first."
+    ),
+)
+def delete_audit(path: AuditPath) -> Response:
+    """Delete a finished audit."""
+    session = db.session
+    audits.delete_audit(session=session, tenant_id=tenant_id(), audit_id=path.audit_id)
+    session.commit()
+    return Response(status=204)
+
+
 @bp.post(
     "/<audit_id>/cancel",
-    responses={200: AuditOut},
+    responses={200: AuditOut, 409: CONFLICT},
     description=(
         "A queued audit is cancelled at once; a running one becomes `cancelling` until its "
         "workers stop, within seconds.\n\n"
@@ -141,7 +166,7 @@ def cancel_audit(path: AuditPath) -> Response:
 
 @bp.get(
     "/<audit_id>/landscape/<int:k>",
-    responses={200: LandscapeResult},
+    responses={200: LandscapeResult, 409: CONFLICT},
     description=(
         "Grids of cross-entropy and margin around one sample: rows step along the adversarial "
         "direction, columns along a random one; `decision_boundary` traces where the prediction "
@@ -158,7 +183,7 @@ def get_landscape(path: LandscapePath) -> Response:
 
 @bp.get(
     "/<audit_id>/landscape/<int:k>.png",
-    responses={200: PNG},
+    responses={200: PNG, 409: CONFLICT},
     description=(
         "A 3-D loss surface beside the margin's contour map, with the decision boundary and the "
         "ε-box drawn."

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response
 
 from service import reports, telemetry
-from service.api.common import blueprint, json_response
+from service.api.common import blueprint, json_response, problem
 from service.auth import tenant_id
 from service.db import db
 from service.schemas import CompareOut, CompareQuery
@@ -23,7 +23,11 @@ METRICS = {
 
 @bp.get(
     "/v1/compare",
-    responses={200: CompareOut},
+    responses={
+        200: CompareOut,
+        400: problem("Fewer than 2 or more than 20 audit ids"),
+        409: problem("An audit has not succeeded; only succeeded audits compare"),
+    },
     description=(
         "An audit has `regressed` only when its mean divergence rose by more than "
         "`max_increase` and beyond noise: on the same dataset a paired bootstrap of the "

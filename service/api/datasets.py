@@ -6,7 +6,7 @@ from flask import Response
 
 from infra.persistence.models import Dataset
 from service import catalog, limits
-from service.api.common import blueprint, json_response, settings, store
+from service.api.common import BAD_CURSOR, blueprint, json_response, settings, store
 from service.auth import tenant_id
 from service.db import db
 from service.schemas import DatasetForm, DatasetOut, DatasetPage, DatasetPath, ListQuery
@@ -54,7 +54,7 @@ def upload_dataset(form: DatasetForm) -> Response:
     )
 
 
-@bp.get("", responses={200: DatasetPage})
+@bp.get("", responses={200: DatasetPage, **BAD_CURSOR})
 def list_datasets(query: ListQuery) -> Response:
     """List datasets, newest first; follow `next_cursor` for the next page."""
     rows, cursor = catalog.list_datasets(

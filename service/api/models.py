@@ -7,7 +7,7 @@ from flask import Response, current_app
 from infra.persistence.models import Model
 from infra.queue import INSPECT_MODEL
 from service import catalog, limits
-from service.api.common import blueprint, json_response, settings, store
+from service.api.common import BAD_CURSOR, blueprint, json_response, settings, store
 from service.auth import tenant_id
 from service.db import db
 from service.schemas import ModelForm, ModelListQuery, ModelOut, ModelPage, ModelPath
@@ -27,8 +27,9 @@ TOO_LARGE = {"description": "The file is over the size limit, or the tenant's st
     description=(
         "Answers 201 with the intake report: input and output, opset, and whether the torch and "
         "onnxruntime backends can run it.\n\n"
-        "The same bytes again answer 200 with the existing model (409 if they declare another "
-        "`preprocessing`).\n\n"
+        "The same bytes and metadata again answer 200 with the existing model; the same bytes "
+        "with another name, version, input range, output, class names or `preprocessing` are a "
+        "new model (a version) sharing the stored file.\n\n"
         "Graphs with external data, custom operator domains or oversized constants are refused "
         "with 422."
     ),
@@ -62,7 +63,7 @@ def upload_model(form: ModelForm) -> Response:
 
 @bp.get(
     "",
-    responses={200: ModelPage},
+    responses={200: ModelPage, **BAD_CURSOR},
     description="Filter by `name`; follow `next_cursor` for the next page.",
 )
 def list_models(query: ModelListQuery) -> Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Response, current_app, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
@@ -48,7 +50,37 @@ def readyz() -> Response:
     return json_response(body, 200 if ok else 503)
 
 
+# OpenAPI links: what a create answers leads to the operations on the created object (clients
+# and stateful testers follow them).
+LINKS: dict[tuple[str, str], tuple[str, list[tuple[str, str]]]] = {
+    ("/v1/models", "post"): ("model_id", [("get", ""), ("delete", "")]),
+    ("/v1/datasets", "post"): ("dataset_id", [("get", ""), ("delete", "")]),
+    ("/v1/audits", "post"): (
+        "audit_id",
+        [("get", ""), ("post", "/cancel"), ("get", "/report.json"), ("delete", "")],
+    ),
+}
+
+
+def with_links(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document with LINKS on each create's success answers (idempotent)."""
+    paths = doc["paths"]
+    for (path, method), (param, targets) in LINKS.items():
+        links = {}
+        for target_method, suffix in targets:
+            target = paths[f"{path}/{{{param}}}{suffix}"][target_method]
+            name = f"{target_method}{suffix.replace('/', '_').replace('.', '_')}".title()
+            links[name.replace("_", "")] = {
+                "operationId": target["operationId"],
+                "parameters": {param: "$response.body#/id"},
+            }
+        for code, answer in paths[path][method]["responses"].items():
+            if code.startswith("2"):
+                answer["links"] = links
+    return doc
+
+
 @bp.get("/openapi.json", doc_ui=False)
 def openapi() -> Response:
     """This document."""
-    return jsonify(current_app.api_doc)  # type: ignore[attr-defined]
+    return jsonify(with_links(current_app.api_doc))  # type: ignore[attr-defined]

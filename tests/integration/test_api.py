@@ -146,7 +146,7 @@ def test_upload_model_reports_the_intake(client: FlaskClient, auth: dict[str, st
     assert body["output"] == {"name": "scores", "num_classes": 10, "kind": "logits"}
     assert body["opset"] == 17
     assert body["backends"]["torch"]["ok"] is None  # a worker fills it in
-    again = upload_model(client, auth, cnn_bytes())
+    again = upload_model(client, auth, cnn_bytes(), name="digits", version="1", input_range="0,1")
     assert again.status_code == 200
     assert again.get_json()["id"] == body["id"]
     fetched = client.get(f"/v1/models/{body['id']}", headers=auth).get_json()

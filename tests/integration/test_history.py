@@ -77,7 +77,7 @@ def test_delete_hides_but_keeps_history(
     assert_problem(client.post("/v1/audits", json=body, headers=auth), 404, "no model")
     report = client.get(f"/v1/audits/{audit_id}/report.json", headers=auth).get_json()
     assert report["model"]["id"] == ids[0]  # the audit still knows what it audited
-    again = upload_model(client, auth, cnn_bytes())
+    again = upload_model(client, auth, cnn_bytes(), name="digits")  # the same bytes and metadata
     assert again.status_code == 201
     assert again.get_json()["id"] == ids[0]
     assert client.delete(f"/v1/datasets/{ids[1]}", headers=auth).status_code == 204

@@ -273,7 +273,7 @@ def _request_cases() -> list[Case]:
         Case("path-id-nul", get("/v1/models/abc%00def"), 422, "NUL"),
         Case("path-audit-nul", get("/v1/audits/%00"), 422, "NUL"),
         Case("path-id-invalid-utf8", get("/v1/datasets/%ff%fe"), 404, "no dataset"),
-        Case("filter-naive", get("/v1/audits?created_after=2024-01-01T00:00:00"), 422, "timezone"),
+        Case("compare-bad-percent", get("/v1/compare?audits=a,b&max_increase=ten%25"), 422, "10%"),
         Case("cursor-naive", get(f"/v1/models?cursor={_naive_cursor()}"), 400, "cursor"),
         Case("compare-inf", get("/v1/compare?audits=a,b&max_increase=inf"), 422, "finite"),
     ]
@@ -440,12 +440,11 @@ def test_a_sandbox_limit_refuses_the_model_and_names_the_limit(
     [
         (get("/v1/models/abc%00def"), 422, "NUL"),
         (get("/v1/audits?model_id=a%00b"), 422, "NUL"),
-        (get("/v1/audits?created_before=2024-01-01T00:00:00"), 422, "timezone"),
         (get(f"/v1/audits?cursor={_naive_cursor()}"), 400, "cursor"),
         (post_json("/v1/audits", SURROGATE), 422, "Unicode"),
         (model(lambda _env: b"", name="a\x00b"), 422, "NUL"),
     ],
-    ids=["path-nul", "query-nul", "naive-filter", "naive-cursor", "surrogate", "form-nul"],
+    ids=["path-nul", "query-nul", "naive-cursor", "surrogate", "form-nul"],
 )
 def test_text_and_times_the_database_cannot_take_get_a_4xx_on_both_databases(
     client: FlaskClient, auth: dict[str, str], send: Send, status: int, detail: str

@@ -110,7 +110,7 @@ def test_bad_preprocessing_is_422_saying_what_to_fix(
 
 
 @ONE_DATABASE
-def test_nhwc_on_a_flat_input_is_422_and_other_preprocessing_for_the_same_bytes_409(
+def test_nhwc_on_a_flat_input_is_422_and_other_preprocessing_for_the_same_bytes_a_new_version(
     client: FlaskClient, auth: dict[str, str], server: str, tmp_path: Path
 ) -> None:
     flat = _flat_model()
@@ -125,10 +125,10 @@ def test_nhwc_on_a_flat_input_is_422_and_other_preprocessing_for_the_same_bytes_
     assert first["input_range"] == [0.0, 255.0]
     again = upload_model(client, auth, flat, preprocessing=json.dumps({"scale": 255}))
     assert again.status_code == 200
+    assert again.get_json()["id"] == first["id"]
+    # the same bytes declaring another pixel space: another model (a version), never ignored
     other = upload_model(client, auth, flat, preprocessing=json.dumps({"scale": 1}))
-    assert other.status_code == 409
-    assert "cannot change" in other.get_json()["detail"]
-    assert client.delete(f"/v1/models/{first['id']}", headers=auth).status_code == 204
-    back = upload_model(client, auth, flat, preprocessing=json.dumps({"scale": 1}))
-    assert back.status_code == 201, back.get_json()  # deleted bytes return as now declared
-    assert (back.get_json()["id"], back.get_json()["input_range"]) == (first["id"], [0.0, 1.0])
+    assert other.status_code == 201, other.get_json()
+    assert other.get_json()["id"] != first["id"]
+    assert other.get_json()["input_range"] == [0.0, 1.0]
+    assert other.get_json()["sha256"] == first["sha256"]
