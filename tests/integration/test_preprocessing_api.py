@@ -123,11 +123,12 @@ def test_nhwc_on_a_flat_input_is_422_and_other_preprocessing_for_the_same_bytes_
         first = api.upload_model(path, preprocessing={"scale": 255})
     assert first["preprocessing"] == {"scale": 255, "mean": None, "std": None, "layout": "NCHW"}
     assert first["input_range"] == [0.0, 255.0]
-    again = upload_model(client, auth, flat, preprocessing=json.dumps({"scale": 255}))
+    # the name is part of a model's metadata: `submit` named it after the file
+    again = upload_model(client, auth, flat, name="flat", preprocessing=json.dumps({"scale": 255}))
     assert again.status_code == 200
     assert again.get_json()["id"] == first["id"]
     # the same bytes declaring another pixel space: another model (a version), never ignored
-    other = upload_model(client, auth, flat, preprocessing=json.dumps({"scale": 1}))
+    other = upload_model(client, auth, flat, name="flat", preprocessing=json.dumps({"scale": 1}))
     assert other.status_code == 201, other.get_json()
     assert other.get_json()["id"] != first["id"]
     assert other.get_json()["input_range"] == [0.0, 1.0]
