@@ -52,10 +52,15 @@ SYSTEM_READ = (
 # Devices it may write: the null device and POSIX shared memory.
 DEVICES_RW = ("/dev/null", "/dev/shm")  # noqa: S108
 # On a GPU host, every NVIDIA node (nvidiactl, nvidia-uvm, nvidia0…N, nvidia-caps: CUDA opens
-# them read-write), and what the driver reads about the card: its /proc entry and PCI sysfs.
+# them read-write), what the driver reads about the card (its /proc entry, PCI sysfs,
+# mmap_min_addr), and the child's own threads' /proc entries, writable: the driver names its
+# threads through /proc/self/task/<tid>/comm, and when that write is refused cuInit fails
+# ("Error 304: OS call failed"). On an H200 (tests/gpu/landlock_probe.py) CUDA started with
+# /proc writable and comm was the only write refused; this narrower rule has not run there.
 GPU_NODES = "/dev/nvidia*"
-GPU_READ = ("/proc/driver/nvidia", "/sys/bus/pci/devices", "/sys/devices/pci*",
-            "/sys/devices/system/node", "/sys/module/nvidia")  # fmt: skip
+GPU_WRITE = ("/proc/self/task",)
+GPU_READ = ("/proc/driver/nvidia", "/proc/devices", "/proc/sys/vm", "/sys/bus/pci/devices",
+            "/sys/devices/pci*", "/sys/devices/system/node", "/sys/module/nvidia")  # fmt: skip
 
 
 def _self_limit(setup: dict[str, Any]) -> None:
@@ -86,7 +91,7 @@ def _gpu_paths() -> tuple[list[str], list[str]]:
     read = [path for pattern in GPU_READ for path in sorted(glob.glob(pattern))]
     # The driver's libraries, where the host names them in LD_LIBRARY_PATH (inherited).
     read += [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
-    return read, nodes
+    return read, [*nodes, *GPU_WRITE]
 
 
 def _restrict(setup: dict[str, Any]) -> int:
