@@ -18,7 +18,7 @@ UV := $(TOOLS)/bin/uv
 COMPILE := $(UV) pip compile --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' $(LOCK_ARGS)
 
-.PHONY: help demo test lint typecheck imports unit integration bench clean lock browser
+.PHONY: help demo test lint typecheck imports unit integration bench gpu-check clean lock browser
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -81,6 +81,13 @@ unit: $(STAMP) ## Only the unit tests
 
 bench: $(STAMP) ## Run the benchmarks and print the table rows
 	$(BIN)/python -m benchmarks.bench_engine
+
+# tests/gpu only, without tests/conftest.py (--noconftest): a GPU machine may lack the service's
+# packages. Where torch sees no GPU every test skips, with its reason. GPU_PYTHON picks another
+# interpreter (a GPU image's own python3, say); then the venv is not built.
+GPU_PYTHON ?= $(BIN)/python
+gpu-check: $(if $(filter $(BIN)/python,$(GPU_PYTHON)),$(STAMP)) ## The CUDA tests (engine, batch budget, onnxruntime CUDA EP, sandbox); skip without a GPU
+	$(GPU_PYTHON) -m pytest tests/gpu -m gpu --noconftest -p no:cacheprovider $(PYTEST_ARGS)
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

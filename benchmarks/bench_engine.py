@@ -82,7 +82,7 @@ def hand_written_kl_pgd(module: torch.nn.Module, x: torch.Tensor) -> torch.Tenso
     with torch.no_grad():
         log_p = normalized_log_probs(module(x), LogitNormalization.L2)
     x_adv = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
-    best = torch.zeros(x.shape[0])
+    best = torch.zeros(x.shape[0], device=x.device)
     for k in range(STEPS + 1):
         x_adv.requires_grad_(k < STEPS)
         with torch.set_grad_enabled(k < STEPS):

@@ -55,8 +55,10 @@ from infra.sandbox_proc import (
 )
 
 GiB = 1 << 30
-# Variables a child may inherit: locale, thread-unrelated BLAS workarounds, GPU selection.
-INHERITED_ENV = ("LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CUDA_VISIBLE_DEVICES")
+# Variables a child may inherit: locale, thread-unrelated BLAS workarounds, GPU selection, and
+# where the host keeps the GPU driver's libraries (some images find libcuda only through it).
+INHERITED_ENV = ("LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CUDA_VISIBLE_DEVICES",
+                 "LD_LIBRARY_PATH")  # fmt: skip
 POLL_S = 0.2
 # Starting a child (Python, then Landlock) is not the caller's work: it gets its own bound.
 START_WALL_S = 60.0

@@ -15,6 +15,7 @@ Nothing here imports torch, Flask or SQLAlchemy: the targets import what they ne
 
 from __future__ import annotations
 
+import glob
 import importlib
 import json
 import os
@@ -48,8 +49,18 @@ SYSTEM_READ = (
     "/sys/fs/cgroup",
     "/dev/urandom",
 )
-# Devices it may write: the null device, POSIX shared memory and the NVIDIA driver nodes.
-DEVICES_RW = ("/dev/null", "/dev/shm", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia0")  # noqa: S108
+# Devices it may write: the null device and POSIX shared memory.
+DEVICES_RW = ("/dev/null", "/dev/shm")  # noqa: S108
+# On a GPU host, every NVIDIA node (nvidiactl, nvidia-uvm, nvidia0…N, nvidia-caps: CUDA opens
+# them read-write), what the driver reads about the card (its /proc entry, PCI sysfs,
+# mmap_min_addr), and the child's own threads' /proc entries, writable: the driver names its
+# threads through /proc/self/task/<tid>/comm, and when that write is refused cuInit fails
+# ("Error 304: OS call failed"). On an H200 (tests/gpu/landlock_probe.py) CUDA started with
+# /proc writable and comm was the only write refused; this narrower rule has not run there.
+GPU_NODES = "/dev/nvidia*"
+GPU_WRITE = ("/proc/self/task",)
+GPU_READ = ("/proc/driver/nvidia", "/proc/devices", "/proc/sys/vm", "/sys/bus/pci/devices",
+            "/sys/devices/pci*", "/sys/devices/system/node", "/sys/module/nvidia")  # fmt: skip
 
 
 def _self_limit(setup: dict[str, Any]) -> None:
@@ -72,10 +83,23 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="sandbox-parent-watch", daemon=True).start()
 
 
+def _gpu_paths() -> tuple[list[str], list[str]]:
+    """(read, write) for the CUDA driver; none where the host has no NVIDIA device."""
+    nodes = sorted(glob.glob(GPU_NODES))
+    if not nodes:
+        return [], []
+    read = [path for pattern in GPU_READ for path in sorted(glob.glob(pattern))]
+    # The driver's libraries, where the host names them in LD_LIBRARY_PATH (inherited).
+    read += [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    return read, [*nodes, *GPU_WRITE]
+
+
 def _restrict(setup: dict[str, Any]) -> int:
-    sources = (*SYSTEM_READ, *setup["prefixes"], *setup["code_read"], *setup["readable"])
+    gpu_read, gpu_write = _gpu_paths()
+    sources = (*SYSTEM_READ, *gpu_read, *setup["prefixes"], *setup["code_read"],
+               *setup["readable"])  # fmt: skip
     read = [Path(p) for p in sources]
-    write = [Path(setup["workdir"]), *(Path(p) for p in DEVICES_RW)]
+    write = [Path(setup["workdir"]), *(Path(p) for p in (*DEVICES_RW, *gpu_write))]
     if setup.get("landlock", True):
         return landlock.restrict(read=read, write=write)
     return 0

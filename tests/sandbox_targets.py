@@ -82,3 +82,14 @@ def chatter(payload: dict[str, Any], emit: Emit) -> Any:
         emit({"tick": True})
         time.sleep(0.01)
     return "chatted"
+
+
+def cuda_probe(_payload: dict[str, Any], _emit: Emit) -> Any:
+    """CUDA starts in the child: a product on the GPU, and the memory the driver reports."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"available": False}
+    a = torch.ones(256, 256, device="cuda")
+    free, total = torch.cuda.mem_get_info()
+    return {"available": True, "sum": float((a @ a).sum()), "free": free, "total": total}

@@ -45,7 +45,12 @@ _keep_spare = False  # set by a worker process at start; in-process callers (tes
 
 
 def _cuda() -> bool:
-    return "cuda" in (Settings.from_env().device or "")
+    """Whether shards run on CUDA: ROBAUDIT_DEVICE, or (unset) a GPU that torch sees, as the
+    payload's device is chosen (worker/sandboxed.py). Unset on a GPU host, the cap used to
+    stay on, and under it CUDA does not start (tests/gpu/test_cuda_sandbox.py, on an H200)."""
+    from worker.sandboxed import device  # torch: the worker imports it for the payload anyway
+
+    return device().type == "cuda"
 
 
 def limits(settings: Settings, *, wall_seconds: float, threads: int) -> Limits:

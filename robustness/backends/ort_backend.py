@@ -10,6 +10,10 @@ needs is estimated from forward passes alone (one batched session call per estim
   2018, "Black-box Adversarial Attacks with Limited Queries and Information"), orthogonal
   to each other (a random q-frame), which estimates better than i.i.d. Gaussians.
 
+On CUDA (onnxruntime-gpu) the session runs on the torch device's GPU, and each batch is
+handed over by IO binding (`bound_run`): onnxruntime reads torch's buffer in place, and the
+perturbed copies are built on the GPU, so no input crosses to the host.
+
 Shapes: x [N, *input_shape] float32; scores [N, C].
 """
 
@@ -62,9 +66,10 @@ class OrtBackend:
         self.orthogonal = orthogonal
         self.queries = 0
         self._generator = torch.Generator().manual_seed(seed)
-        providers = ["CPUExecutionProvider"]
+        providers: list[Any] = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+            # The torch device's GPU, not the default one: bound buffers must live there.
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
         options = ort.SessionOptions()
         options.log_severity_level = 4  # failures surface as exceptions; the C++ log is noise
         # onnxruntime keeps its own thread pool, one thread per core by default: follow the
@@ -77,6 +82,8 @@ class OrtBackend:
             graph.SerializeToString(), sess_options=options, providers=providers
         )
         self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.bound = "CUDAExecutionProvider" in self.session.get_providers()
         self.batched = self._accepts_batches()
 
     def gradient_note(self, features: int, norm: Norm) -> str | None:
@@ -100,7 +107,7 @@ class OrtBackend:
         self._generator.manual_seed(seed)
 
     def raw_outputs(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.run(x.detach().cpu().numpy())).to(self.device)
+        return self.run_tensor(x).to(self.device)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         return _FiniteDifference.apply(x, self)
@@ -116,12 +123,27 @@ class OrtBackend:
         self.queries += len(x)
         return np.concatenate(outs).astype(np.float32)
 
+    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """`run` on a tensor: bound in place on `device` when the session is on CUDA (the
+        result is on `device`), else through numpy on the CPU (the result is on the CPU)."""
+        if not self.bound:
+            return torch.from_numpy(self.run(x.detach().cpu().numpy()))
+        x = x.detach().to(self.device, torch.float32).contiguous()
+        step = self.max_batch if self.batched else 1
+        outs = [
+            bound_run(self.session, self.input_name, self.output_name, x[i : i + step])
+            for i in range(0, len(x), step)
+        ]
+        self.queries += len(x)
+        return torch.cat(outs)
+
     def vjp(self, x: torch.Tensor, grad_scores: torch.Tensor) -> torch.Tensor:
         """Estimate gᵀ ∂scores/∂x per sample from forward passes only."""
         n = x.shape[0]
-        flat = x.detach().cpu().reshape(n, -1).float()
+        work = self.device if self.bound else torch.device("cpu")  # where the copies are built
+        flat = x.detach().to(work).reshape(n, -1).float()
         d = flat.shape[1]
-        g = grad_scores.detach().cpu().float()
+        g = grad_scores.detach().to(work).float()
         # With as many directions as features, exact coordinates cost no more.
         coordinate = d <= max(self.coordinate_limit, self.directions)
         k = d if coordinate else self.directions
@@ -138,18 +160,19 @@ class OrtBackend:
     ) -> torch.Tensor:
         n, d = flat.shape
         if coordinate:
-            dirs = torch.eye(d).unsqueeze(0).expand(n, d, d)
+            dirs = torch.eye(d, device=flat.device).unsqueeze(0).expand(n, d, d)
         else:
+            # Drawn on the CPU generator on every device: the same seed, the same directions.
             dirs = (
                 self._orthogonal_directions(n, d)
                 if self.orthogonal
                 else torch.randn(n, self.directions, d, generator=self._generator)
-            )
+            ).to(flat.device)
         h = self.fd_step
         k = dirs.shape[1]
         plus = (flat.unsqueeze(1) + h * dirs).reshape(n * k, *shape)
         minus = (flat.unsqueeze(1) - h * dirs).reshape(n * k, *shape)
-        both = self._scores_np(torch.cat([plus, minus]).numpy())
+        both = self._scores(torch.cat([plus, minus]))
         f_plus, f_minus = both[: n * k].reshape(n, k, -1), both[n * k :].reshape(n, k, -1)
         slope = ((f_plus - f_minus) * g.unsqueeze(1)).sum(-1) / (2 * h)  # [n, k]
         grad = (slope.unsqueeze(-1) * dirs).sum(1)
@@ -166,9 +189,8 @@ class OrtBackend:
         q, _ = torch.linalg.qr(gaussian)
         return q.transpose(1, 2) * d**0.5
 
-    def _scores_np(self, x: np.ndarray) -> torch.Tensor:
-        raw = torch.from_numpy(self.run(x))
-        return to_scores(raw, log_probabilities=self.log_probabilities)
+    def _scores(self, x: torch.Tensor) -> torch.Tensor:
+        return to_scores(self.run_tensor(x), log_probabilities=self.log_probabilities)
 
     def _accepts_batches(self) -> bool:
         shape = self.session.get_inputs()[0].shape
@@ -187,9 +209,27 @@ class _FiniteDifference(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, backend: OrtBackend) -> torch.Tensor:
         ctx.backend = backend
         ctx.save_for_backward(x)
-        return backend._scores_np(x.detach().cpu().numpy()).to(x.device)
+        return backend._scores(x).to(x.device)
 
     @staticmethod
     def backward(ctx: Any, grad_scores: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
         return ctx.backend.vjp(x, grad_scores), None
+
+
+def bound_run(session: Any, input_name: str, output_name: str, x: torch.Tensor) -> torch.Tensor:
+    """One session call on a contiguous float32 tensor, read in place through IO binding.
+
+    The input is torch's own buffer on its device (a CUDA session reads GPU memory; no copy
+    to the host). The output, [N, C] and small, comes back through the host as float32,
+    on x's device. torch's stream is synchronized first: onnxruntime runs on its own.
+    """
+    kind, index = x.device.type, x.device.index or 0
+    binding = session.io_binding()
+    binding.bind_input(input_name, kind, index, np.float32, list(x.shape), x.data_ptr())
+    binding.bind_output(output_name, kind, index)
+    if kind == "cuda":
+        torch.cuda.current_stream(x.device).synchronize()
+    session.run_with_iobinding(binding)
+    out = np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+    return torch.from_numpy(out).to(x.device)

@@ -78,6 +78,8 @@ class TorchBackend:
                 module = CONVERTERS[converter](graph)
         except Exception as exc:
             raise ModelRejected(f"{converter} cannot convert this graph: {exc}") from exc
+        if device.type == "cuda":
+            ieee_float32()
         self.module = module.to(device).eval().float()
         for p in self.module.parameters():
             p.requires_grad_(False)
@@ -94,6 +96,19 @@ class TorchBackend:
         if isinstance(out, list | tuple):
             out = out[0]
         return out
+
+
+def ieee_float32() -> None:
+    """Full float32 convolutions and matrix products on CUDA, for this process.
+
+    cuDNN's default lets convolutions round their inputs to TF32 (10-bit mantissa), which
+    onnxruntime, the CPU and the parity check (relative 1e-4) do not: ψ on a GPU would
+    then differ from ψ on a CPU by more than the search's own noise (tests/gpu measures
+    it). The legacy flags, not the per-backend `fp32_precision` ones: once those are set,
+    reading `allow_tf32` (torch.compile does) raises in torch 2.14.
+    """
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def parity(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
