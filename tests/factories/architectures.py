@@ -158,7 +158,7 @@ ARCHITECTURES: tuple[ArchCase, ...] = (
     ArchCase("convnext_atto", "ConvNeXt", "timm", "convnext_atto", 32, T, 19),
     ArchCase("vit_tiny", "ViT", "timm", "vit_tiny_patch16_224", 32, T, 17, patch=8),
     ArchCase("deit_tiny", "DeiT", "timm", "deit_tiny_patch16_224", 32, T, 14, patch=8),
-    ArchCase("mobilevit_xxs", "MobileViT", "timm", "mobilevit_xxs", 64, T, 15),
+    ArchCase("mobilevit_xxs", "MobileViT", "timm", "mobilevit_xxs", 64, T, 17),
     ArchCase("squeezenet1_1", "SqueezeNet", "torchvision", "squeezenet1_1", 64, T, 13),
     ArchCase("shufflenet_v2_x0_5", "ShuffleNet v2", "torchvision", "shufflenet_v2_x0_5", 32, T, 16),
     ArchCase("mobilenet_v2", "MobileNet v2", "torchvision", "mobilenet_v2", 32, T, 20),
