@@ -23,6 +23,7 @@ import torch
 from robustness.backends.base import to_scores
 from robustness.config import BackendKind
 from robustness.errors import ModelRejected
+from robustness.onnx_converter_prep import layer_norm_shapes
 
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -47,7 +48,7 @@ def _onnx2pytorch(graph: onnx.ModelProto) -> torch.nn.Module:
 def _onnx2torch(graph: onnx.ModelProto) -> torch.nn.Module:
     from onnx2torch import convert
 
-    return convert(fold_constants(graph))
+    return convert(layer_norm_shapes(fold_constants(graph)))
 
 
 CONVERTERS: dict[str, Callable[[onnx.ModelProto], torch.nn.Module]] = {
