@@ -76,7 +76,7 @@ def run_audit(self: RobauditTask, audit_id: str) -> str:
             leases.settle_cancel(session, audit_id, self.settings.stale_after_s)
             return "cancelled"
         positions = execution.plan_shards(session, audit_id, self.settings.shard_size)
-        if execution.finalise(session, audit_id):
+        if execution.finalise(session, audit_id, self.store):
             return "finalised"
         send_shards(session, audit_id, positions)
     return f"{len(positions)} shard(s)"
