@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import jinja2
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from infra.persistence.models import Audit, AuditStatus
@@ -82,6 +83,15 @@ def compare_audits(
     )
 
 
+def _typed(stored: dict[str, Any] | None) -> AuditResult | None:
+    """The stored result as the typed model; None (the report's raw parts only) if a row
+    is too partial to read."""
+    try:
+        return AuditResult.model_validate(stored) if stored else None
+    except ValidationError:
+        return None
+
+
 def _compare_item(audit: Audit, config: AuditConfig, result: AuditResult) -> CompareItem:
     """One audit of a comparison, without its per-sample values."""
     return CompareItem(
@@ -103,7 +113,7 @@ def report_html(data: dict[str, Any], store: ArtifactStore) -> str:
     """
     audit = data["audit"]
     stored = audit.get("result")
-    typed = AuditResult.model_validate(stored) if stored else None
+    typed = _typed(stored)
     result = stored or {}
     diag = result.get("diagnostics", {})
     config = audit["config"]
