@@ -15,15 +15,16 @@ import base64
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from robustness.cost import VULNERABLE_SAMPLES as K
 from robustness.results import VulnerableSample
 
-if TYPE_CHECKING:  # merging and unpacking need no torch (the report and the API use them)
-    import torch
+# torch.Tensor, not imported: the API unpacks and merges samples and never imports torch
+# (import-linter counts type-only imports too).
+Tensor = Any
 
 MAX_ELEMENTS = 3 * 64 * 64
 
@@ -73,7 +74,7 @@ class Prediction:
     probability: np.ndarray
 
     @classmethod
-    def of(cls, scores: torch.Tensor) -> Prediction:
+    def of(cls, scores: Tensor) -> Prediction:
         probs = softmax_rows(scores)
         return cls(probs.argmax(axis=1), probs.max(axis=1))
 
@@ -83,14 +84,14 @@ class TopK:
     """The K largest ψ seen so far, with their clean and perturbed inputs (CPU tensors)."""
 
     k: int = K
-    rows: list[tuple[float, int, torch.Tensor, torch.Tensor, int]] = field(default_factory=list)
+    rows: list[tuple[float, int, Tensor, Tensor, int]] = field(default_factory=list)
 
     def offer(
         self,
-        psi: torch.Tensor,
-        x: torch.Tensor,
-        x_best: torch.Tensor,
-        labels: torch.Tensor,
+        psi: Tensor,
+        x: Tensor,
+        x_best: Tensor,
+        labels: Tensor,
         first_index: int,
     ) -> None:
         """A batch: ψ [N], x and x' [N, ...], labels [N]; sample i is first_index + i."""
@@ -129,7 +130,7 @@ def merge(parts: Iterable[Sequence[VulnerableSample]], k: int = K) -> tuple[Vuln
     return tuple(sorted(every, key=lambda v: (-v.divergence, v.sample_index))[:k])
 
 
-def softmax_rows(scores: torch.Tensor) -> np.ndarray:
+def softmax_rows(scores: Tensor) -> np.ndarray:
     """Plain softmax of the model's scores (what a user calls its probabilities), finite."""
     probs = scores.detach().double().softmax(dim=1).cpu().numpy()
     return np.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0)

@@ -10,8 +10,11 @@ import base64
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from infra.storage import ArtifactStore
 from robustness.results import AuditResult, EpsilonResult, LandscapeResult, VulnerableSample
+from robustness.vulnerable import image_layout, unpack
 
 MISSING = "—"
 
@@ -114,9 +117,21 @@ def vulnerable_rows(
             "after": f"{class_name(names, v.perturbed_prediction)}, {pct(v.perturbed_probability)}",
             "flipped": v.clean_prediction != v.perturbed_prediction,
             "thinned": v.stride > 1 or v.shape != v.input_shape,
+            "panels": _panels(v),
         }
         for v in samples
     ]
+
+
+def _panels(sample: VulnerableSample) -> str:
+    """What the sample's picture shows, left to right (images) or top to bottom (features)."""
+    layout = image_layout(sample.shape)
+    if layout is None:
+        return "Top: clean and worst perturbed feature values; bottom: the perturbation x' − x."
+    reach = float(np.abs(unpack(sample.perturbation, sample.shape)).max())
+    gain = f"×{1 / reach:.3g}" if reach > 0 else "(none)"
+    colours = "grey: 0" if layout[0] == 3 else "white: 0, blue: +, red: −"
+    return f"Left to right: clean, worst perturbed, perturbation {gain} ({colours})."
 
 
 def landscape_groups(
