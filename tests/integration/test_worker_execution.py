@@ -154,6 +154,9 @@ def test_an_image_zip_is_decoded_in_the_worker_and_its_class_names_reported(
     assert audit.result is not None
     assert audit.result["samples"] == 6
     assert audit.result["manifest"]["class_names"] == ["cat", "dog"]
+    report = client.get(f"/v1/audits/{audit.id}/report", headers=auth).get_data(as_text=True)
+    assert '<td class="name">cat (0)</td>' in report  # the per-class table
+    assert "true class dog (1)" in report or "true class cat (0)" in report  # a vulnerable one
 
 
 @ONE_DATABASE
