@@ -63,14 +63,14 @@ class _Config(BaseModel):
 
 
 class LandscapeConfig(_Config):
-    """The loss and decision surfaces drawn around the first audited samples."""
+    """The loss and decision surfaces drawn around the first audited samples, at every ε."""
 
     samples: int = Field(
         4, ge=0, le=64, description="How many samples (the first ones) get surfaces; 0: none"
     )
     resolution: int = Field(21, ge=3, le=101, description="Grid points along each axis")
     span: float = Field(
-        2.0, gt=0, le=10, description="Half-width of the grid, in multiples of the first ε"
+        2.0, gt=0, le=10, description="Half-width of the grid, in multiples of its ε"
     )
 
 

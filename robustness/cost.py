@@ -11,6 +11,9 @@ from robustness.spec import AuditSpec
 # Samples the degeneracy check re-scores under noise, once per engine call; defined here so
 # that robustness/degeneracy.py and this estimate count the same rows.
 DEGENERACY_NOISE_SAMPLES = 16
+# Samples with the largest ψ kept for the report (robustness/vulnerable.py), re-scored once
+# at their worst input, per engine call.
+VULNERABLE_SAMPLES = 6
 
 
 @dataclass(frozen=True)
@@ -23,11 +26,13 @@ class CostEstimate:
     landscapes: int
     landscape_resolution: int
     noise_probe_rows: int = 0
+    vulnerable_rows: int = 0
 
     @property
     def forward_passes(self) -> int:
         grid = self.landscapes * (1 + self.landscape_resolution**2)
-        return self.samples * self.forward_passes_per_sample + grid + self.noise_probe_rows
+        extra = self.noise_probe_rows + self.vulnerable_rows
+        return self.samples * self.forward_passes_per_sample + grid + extra
 
     @property
     def backward_passes(self) -> int:
@@ -67,7 +72,8 @@ def estimate_cost(spec: AuditSpec, n: int) -> CostEstimate:
         samples=samples,
         forward_passes_per_sample=per_eps * fwd + clean,
         backward_passes_per_sample=per_eps * bwd,
-        landscapes=min(spec.landscape_samples, samples),
+        landscapes=min(spec.landscape_samples, samples) * per_eps,
         landscape_resolution=spec.landscape_resolution,
         noise_probe_rows=min(DEGENERACY_NOISE_SAMPLES, samples),
+        vulnerable_rows=min(VULNERABLE_SAMPLES, samples),
     )

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import pairwise
+from itertools import pairwise, product
 
 import numpy as np
 import torch
@@ -28,10 +28,12 @@ from robustness.results import (
     LandscapeResult,
     Manifest,
     Timing,
+    VulnerableSample,
     verdict_of,
 )
 from robustness.spec import AuditSpec
-from robustness.stats import convergence, summarize
+from robustness.stats import convergence, per_class, summarize
+from robustness.vulnerable import Prediction, TopK, softmax_rows
 
 ProgressFn = Callable[[int, int, str], None]
 CancelFn = Callable[[], bool]
@@ -76,8 +78,15 @@ def run_audit(
     """
     check_inputs(x, y, spec)
     run = _Run.start(backend, x, y, spec, device, sample_offset, progress, cancelled)
-    clean, data_log_probs = _clean_pass(run)
-    per_eps = tuple(_epsilon_pass(run, k, eps, clean) for k, eps in enumerate(spec.epsilons))
+    clean, data_log_probs, predicted = _clean_pass(run)
+    worst = TopK()
+    largest = max(range(len(spec.epsilons)), key=lambda k: spec.epsilons[k])
+    per_eps = tuple(
+        _epsilon_pass(run, k, eps, clean, worst if k == largest else None)
+        for k, eps in enumerate(spec.epsilons)
+    )
+    with run.timed("divergence"):
+        vulnerable = _vulnerable(run, worst, predicted, spec.epsilons[largest])
     with run.timed("landscape"):
         landscapes = _landscapes(run)
     with run.timed("clean"):
@@ -90,6 +99,7 @@ def run_audit(
         diagnostics=diagnostics,
         verdict=verdict_of(diagnostics.degenerate),
         landscapes=landscapes,
+        vulnerable=vulnerable,
         search=search_info(spec),
         manifest=Manifest(device=str(device), backend=backend.kind.value),
         timing=Timing(stages=run.stages),
@@ -166,10 +176,11 @@ class _Run:
         self.stages[stage] = self.stages.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _clean_pass(run: _Run) -> tuple[torch.Tensor, np.ndarray]:
-    """Which samples the model gets right, and its normalized log-probabilities on them."""
+def _clean_pass(run: _Run) -> tuple[torch.Tensor, np.ndarray, Prediction]:
+    """Which samples the model gets right, its normalized log-probabilities on them, and its
+    predictions with their softmax probabilities."""
     clean = torch.zeros(run.n, dtype=torch.bool)
-    log_probs = []
+    log_probs, predicted = [], []
     for i, j in run.batches:
         xb, yb = run.batch(i, j)
         with torch.inference_mode(), run.timed("clean"):
@@ -177,12 +188,20 @@ def _clean_pass(run: _Run) -> tuple[torch.Tensor, np.ndarray]:
             clean[i:j] = (scores.argmax(1) == yb).cpu()
             lp = normalized_log_probs(scores, run.spec.logit_normalization)
             log_probs.append(lp.double().cpu().numpy())
+            predicted.append(Prediction.of(scores))
         run.tick("clean", j - i)
-    return clean, np.concatenate(log_probs)
+    prediction = Prediction(
+        np.concatenate([p.label for p in predicted]),
+        np.concatenate([p.probability for p in predicted]),
+    )
+    return clean, np.concatenate(log_probs), prediction
 
 
-def _epsilon_pass(run: _Run, e_index: int, eps: float, clean: torch.Tensor) -> EpsilonResult:
-    """ψ of every sample at this ε, and the FGSM and PGD accuracies if asked for."""
+def _epsilon_pass(
+    run: _Run, e_index: int, eps: float, clean: torch.Tensor, worst: TopK | None
+) -> EpsilonResult:
+    """ψ of every sample at this ε, and the FGSM and PGD accuracies if asked for; `worst`
+    (at the largest ε) keeps the largest ψ with their inputs."""
     spec, n = run.spec, run.n
     psi = torch.zeros(n, dtype=torch.float64)
     psi_half = torch.zeros(n, dtype=torch.float64)
@@ -197,6 +216,8 @@ def _epsilon_pass(run: _Run, e_index: int, eps: float, clean: torch.Tensor) -> E
         with run.timed("divergence"):
             outcome = search(xb, gen)
         psi[i:j], psi_half[i:j] = outcome.psi, outcome.psi_half
+        if worst is not None and outcome.x_best is not None:
+            worst.offer(outcome.psi, xb, outcome.x_best, yb, run.sample_offset + i)
         run.zero[i:j] |= outcome.zero_gradient
         run.nonfinite[i:j] |= outcome.nonfinite_gradient
         with run.timed("random_probe"):
@@ -222,7 +243,29 @@ def _epsilon_pass(run: _Run, e_index: int, eps: float, clean: torch.Tensor) -> E
         pgd_accuracy=_mean(pgd) if Baseline.PGD in spec.baselines else None,
         per_sample=tuple(float(v) for v in psi),
         convergence=convergence(float(psi.mean()), float(psi_half.mean()), spec.steps),
+        per_class=per_class(
+            run.yt.numpy(),
+            psi.numpy(),
+            clean.numpy() if Baseline.CLEAN in spec.baselines else None,
+            fgsm.numpy() if Baseline.FGSM in spec.baselines else None,
+            pgd.numpy() if Baseline.PGD in spec.baselines else None,
+        ),
     )
+
+
+def _vulnerable(
+    run: _Run, worst: TopK, predicted: Prediction, epsilon: float
+) -> tuple[VulnerableSample, ...]:
+    """The kept samples, with the model's prediction at their worst perturbed inputs."""
+    if not worst.rows:
+        return ()
+    # One row at a time: a row's scores then do not depend on which rows share its batch,
+    # so a shard finds exactly the probabilities of an unsharded run.
+    with torch.inference_mode():
+        after = np.concatenate(
+            [softmax_rows(run.backend.scores(row[3][None].to(run.device))) for row in worst.rows]
+        )
+    return worst.results(predicted, after, epsilon, run.sample_offset)
 
 
 def _record_random_wins(
@@ -239,17 +282,17 @@ def _record_random_wins(
 
 
 def _landscapes(run: _Run) -> tuple[LandscapeResult, ...]:
-    """Surfaces around the first samples, at the first ε."""
+    """Surfaces around the first samples, at every ε (the first ε's seeds as they were)."""
     spec = run.spec
     found = []
-    for k in range(min(spec.landscape_samples, run.n)):
+    for e_index, k in product(range(len(spec.epsilons)), range(min(spec.landscape_samples, run.n))):
         landscape = loss_landscape(
             run.backend,
             run.xt[k : k + 1].to(run.device),
             int(run.yt[k]),
-            epsilon=spec.epsilons[0],
+            epsilon=spec.epsilons[e_index],
             norm=spec.norm,
-            gen=run.generator(spec.seed * 1_000_003 + 104729 + k),
+            gen=run.generator(spec.seed * 1_000_003 + 104729 + k + 15_485_863 * e_index),
             span=spec.landscape_span,
             resolution=spec.landscape_resolution,
             sample_index=run.sample_offset + k,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from robustness import degeneracy
+from robustness import degeneracy, vulnerable
 from robustness.results import (
     AuditResult,
     Convergence,
@@ -17,7 +17,7 @@ from robustness.results import (
     Timing,
     verdict_of,
 )
-from robustness.stats import convergence, summarize
+from robustness.stats import convergence, merge_per_class, summarize
 
 Weighted = Callable[[Sequence[float | None]], float | None]
 
@@ -31,8 +31,9 @@ def merge_results(parts: Sequence[AuditResult], *, seed: int = 0) -> AuditResult
     """One result from the results of consecutive shards (in sample order).
 
     Per-sample divergences are concatenated and summarised again; accuracies and gradient
-    fractions are weighted by shard size; landscapes come from the shards that drew them;
-    stage seconds add up; the manifest is the first shard's, with the shard count.
+    fractions are weighted by shard size; per-class counts add up; landscapes come from the
+    shards that drew them; the most vulnerable samples are the global top K of the shards'
+    top K; stage seconds add up; the manifest is the first shard's, with the shard count.
     """
     if not parts:
         raise ValueError("no shard results to merge")
@@ -63,6 +64,7 @@ def merge_results(parts: Sequence[AuditResult], *, seed: int = 0) -> AuditResult
         diagnostics=diagnostics,
         verdict=verdict_of(diagnostics.degenerate),
         landscapes=tuple(ls for p in parts for ls in p.landscapes),
+        vulnerable=vulnerable.merge(p.vulnerable for p in parts),
         search=parts[0].search,
         manifest=first.model_copy(update={"shards": len(parts)}),
         timing=Timing(stages=stages),
@@ -86,6 +88,7 @@ def _merge_epsilon(
         pgd_accuracy=weighted([c.pgd_accuracy for c in column]),
         per_sample=tuple(psi.tolist()),
         convergence=_merged_convergence(column, sizes, steps),
+        per_class=merge_per_class([c.per_class for c in column]),
     )
 
 

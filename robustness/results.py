@@ -85,10 +85,21 @@ class SearchInfo(ResultModel):
     gradient_evaluations_per_sample: int
 
 
+class ClassResult(ResultModel):
+    """One true class at one ε: counts that add up across shards, and the class's mean ψ."""
+
+    label: int
+    samples: int
+    divergence_mean: float
+    clean_correct: int | None = Field(description="None: the baseline was not run")
+    fgsm_correct: int | None
+    pgd_correct: int | None
+
+
 class EpsilonResult(ResultModel):
     """One ε of an audit: the metric and the conventional accuracies beside it."""
 
-    omit_if_none = frozenset({"per_sample", "convergence"})
+    omit_if_none = frozenset({"per_sample", "convergence", "per_class"})
     epsilon: float
     divergence: DivergenceSummary
     clean_accuracy: float | None
@@ -98,6 +109,9 @@ class EpsilonResult(ResultModel):
         None, description="ψ of each audited sample, in dataset order (absent in summaries)"
     )
     convergence: Convergence | None = None
+    per_class: tuple[ClassResult, ...] | None = Field(
+        None, description="By true label, in label order (absent in summaries)"
+    )
 
 
 class DegeneracyKind(StrEnum):
@@ -157,6 +171,49 @@ class LandscapeResult(ResultModel):
         description="The S = 0 contour as polylines of (a, b) points"
     )
     png_sha256: str | None = Field(None, description="The picture, once a worker drew it")
+
+    def boundary_caption(self) -> str:
+        """What the decision surface shows of the boundary S = 0 (drawn as a black line)."""
+        lo = min(min(row) for row in self.margin)
+        hi = max(max(row) for row in self.margin)
+        span = max(abs(c) for c in self.coords)
+        if lo < 0 < hi:
+            return "black line: the decision boundary S = 0; dashed: the ε-box"
+        if lo >= 0:
+            return f"no boundary within ±{span:.3g}: margin ≥ {lo:.3g}"
+        return f"no boundary within ±{span:.3g}: misclassified throughout, margin ≤ {hi:.3g}"
+
+
+class VulnerableSample(ResultModel):
+    """One of the samples with the largest ψ at the largest ε, as the search left it.
+
+    The arrays are float16, little-endian, base64: `clean` is x, `perturbation` is x' − x
+    (kept apart, since x' rounded to float16 would lose a small ε). Inputs larger than
+    robustness.vulnerable.MAX_ELEMENTS are thinned (images: every `stride`-th pixel).
+    """
+
+    omit_if_none = frozenset({"png_sha256"})
+    sample_index: int
+    epsilon: float
+    divergence: float
+    label: int
+    clean_prediction: int
+    clean_probability: float = Field(description="softmax probability of clean_prediction")
+    perturbed_prediction: int
+    perturbed_probability: float = Field(description="at x', of perturbed_prediction")
+    input_shape: list[int] = Field(description="The model's input shape of one sample")
+    shape: list[int] = Field(description="The stored arrays' shape")
+    stride: int = 1
+    clean: str
+    perturbation: str
+    png_sha256: str | None = Field(None, description="The picture, once a worker drew it")
+
+
+class ReportFigures(ResultModel):
+    """The audit-wide pictures a worker drew when it merged the shards."""
+
+    sweep_png_sha256: str | None = None
+    histogram_png_sha256: str | None = None
 
 
 class BackendState(ResultModel):
@@ -231,7 +288,7 @@ class AuditResult(ResultModel):
 
     # Also what one engine call or one shard produces, before the shards merge.
 
-    omit_if_none = frozenset({"search", "manifest", "timing"})
+    omit_if_none = frozenset({"search", "manifest", "timing", "figures"})
     per_epsilon: tuple[EpsilonResult, ...]
     samples: int
     backend: BackendKind = Field(description="The backend that ran: torch or onnxruntime")
@@ -241,6 +298,10 @@ class AuditResult(ResultModel):
         Verdict.MEASURED, description="degenerate: ψ is no robustness measure for this model"
     )
     landscapes: tuple[LandscapeResult, ...] = ()
+    vulnerable: tuple[VulnerableSample, ...] = Field(
+        (), description="The largest-ψ samples at the largest ε, largest first"
+    )
+    figures: ReportFigures | None = None
     search: SearchInfo | None = None
     manifest: Manifest | None = None
     timing: Timing | None = None
@@ -292,6 +353,8 @@ class AuditResult(ResultModel):
 
     def to_json(self, *, include_per_sample: bool = True) -> dict[str, Any]:
         """The JSON object, optionally without the per-sample values (lists, summaries)."""
-        exclude = None if include_per_sample else {"per_epsilon": {"__all__": {"per_sample"}}}
+        exclude: dict[str, Any] | None = None
+        if not include_per_sample:
+            exclude = {"per_epsilon": {"__all__": {"per_sample", "per_class"}}, "vulnerable": True}
         body: dict[str, Any] = self.model_dump(mode="json", exclude=exclude)
         return body

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from robustness.results import Convergence, DivergenceSummary
+from robustness.results import ClassResult, Convergence, DivergenceSummary
 
 # Resampled values held at once by the bootstrap: 2^20 (4 MiB of indices, 8 MiB of values).
 # Measured at 100k samples (benchmarks/bench_bootstrap.py): larger batches are slower, not
@@ -72,3 +72,62 @@ def convergence(psi_mean: float, psi_mean_half: float, steps: int) -> Convergenc
         converged=converged,
         suggested_steps=suggested,
     )
+
+
+def per_class(
+    labels: np.ndarray,
+    psi: np.ndarray,
+    clean: np.ndarray | None,
+    fgsm: np.ndarray | None,
+    pgd: np.ndarray | None,
+) -> tuple[ClassResult, ...]:
+    """ψ and the accuracies by true label; a None mask is a baseline that was not run."""
+
+    def correct(mask: np.ndarray | None, rows: np.ndarray) -> int | None:
+        return None if mask is None else int(np.asarray(mask)[rows].sum())
+
+    found = []
+    for label in np.unique(labels):
+        rows = labels == label
+        found.append(
+            ClassResult(
+                label=int(label),
+                samples=int(rows.sum()),
+                divergence_mean=float(np.asarray(psi, dtype=np.float64)[rows].mean()),
+                clean_correct=correct(clean, rows),
+                fgsm_correct=correct(fgsm, rows),
+                pgd_correct=correct(pgd, rows),
+            )
+        )
+    return tuple(found)
+
+
+def merge_per_class(
+    columns: list[tuple[ClassResult, ...] | None],
+) -> tuple[ClassResult, ...] | None:
+    """Shards' per-class results added up (ψ means weighted by their sample counts)."""
+    if any(c is None for c in columns):
+        return None
+    by_label: dict[int, list[ClassResult]] = {}
+    for column in columns:
+        for row in column or ():
+            by_label.setdefault(row.label, []).append(row)
+
+    def added(values: list[int | None]) -> int | None:
+        return None if any(v is None for v in values) else sum(v or 0 for v in values)
+
+    merged = []
+    for label in sorted(by_label):
+        rows = by_label[label]
+        n = sum(r.samples for r in rows)
+        merged.append(
+            ClassResult(
+                label=label,
+                samples=n,
+                divergence_mean=sum(r.divergence_mean * r.samples for r in rows) / n,
+                clean_correct=added([r.clean_correct for r in rows]),
+                fgsm_correct=added([r.fgsm_correct for r in rows]),
+                pgd_correct=added([r.pgd_correct for r in rows]),
+            )
+        )
+    return tuple(merged)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
 import jinja2
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from infra.persistence.models import Audit, AuditStatus
@@ -16,6 +16,7 @@ from robustness.config import AuditConfig
 from robustness.preprocessing import Preprocessing, epsilon_label
 from robustness.results import AuditResult
 from service import baselines
+from service import report_view as view
 from service.audits import audit_out, estimate, get_audit, stored_result
 from service.catalog import dataset_json, model_json
 from service.errors import Problem
@@ -86,6 +87,15 @@ def compare_audits(
     )
 
 
+def _typed(stored: dict[str, Any] | None) -> AuditResult | None:
+    """The stored result as the typed model; None (the report's raw parts only) if a row
+    is too partial to read."""
+    try:
+        return AuditResult.model_validate(stored) if stored else None
+    except ValidationError:
+        return None
+
+
 def _compare_item(audit: Audit, config: AuditConfig, result: AuditResult) -> CompareItem:
     """One audit of a comparison, without its per-sample values."""
     return CompareItem(
@@ -99,31 +109,51 @@ def _compare_item(audit: Audit, config: AuditConfig, result: AuditResult) -> Com
 
 
 def report_html(data: dict[str, Any], store: ArtifactStore) -> str:
-    """A self-contained HTML report: summary table, diagnostics, landscapes inlined as PNG.
+    """A self-contained, printable HTML report: the verdict, the ε-sweep, the ψ histogram,
+    per-class results, the most vulnerable samples and the landscapes, inlined as PNG.
 
     Rendered by service/templates/report.html with autoescaping on: a model, dataset or class
     name, an error or a note is always shown as text, whatever it holds.
     """
     audit = data["audit"]
-    result = audit["result"] or {}
+    stored = audit.get("result")
+    typed = _typed(stored)
+    result = stored or {}
     diag = result.get("diagnostics", {})
     per_epsilon = result.get("per_epsilon", [])
     labels, space = _epsilon_units(result.get("manifest") or {}, data["model"], per_epsilon)
+    config = audit["config"]
+    manifest = typed.manifest if typed is not None else None
+    names = (
+        (manifest.class_names if manifest else None)
+        or data["model"].get("class_names")
+        or data["dataset"].get("class_names")
+    )
+    figures = typed.figures if typed is not None else None
+    has_eps = typed is not None and bool(typed.per_epsilon)
     return _TEMPLATES.get_template("report.html").render(
         eps_labels=labels,
         space=space,
         audit=audit,
         model=data["model"],
         dataset=data["dataset"],
-        config=audit["config"],
+        config=config,
         result=result,
-        per_epsilon=result.get("per_epsilon", []),
+        per_epsilon=per_epsilon,
         diag=diag,
         warn=bool(diag.get("gradient_masking_suspected") or diag.get("degenerate")),
         degenerate_reason=(diag.get("degenerate") or {}).get("reason", ""),
         search=result.get("search") or {"algorithm": "pgd-kl/1 (recorded before versioning)"},
         notes=[*diag.get("evidence", []), *filter(None, [diag.get("blackbox_note")])],
-        pictures=_pictures(result, store),
+        verdict=view.verdict(audit, typed, str(config.get("norm", ""))),
+        succeeded=audit.get("status") == AuditStatus.SUCCEEDED.value and has_eps,
+        sweep=view.data_uri(store, figures.sweep_png_sha256) if figures else None,
+        histogram=view.data_uri(store, figures.histogram_png_sha256) if figures else None,
+        classes=view.class_rows(typed, names) if typed is not None and has_eps else [],
+        largest_eps=f"{view.largest(typed).epsilon:g}" if typed is not None and has_eps else "",
+        vulnerable=view.vulnerable_rows(typed.vulnerable, names, store) if typed else [],
+        landscapes=view.landscape_groups(typed.landscapes, names, store) if typed else [],
+        identity=view.identity_rows(data, typed),
         manifest=json.dumps(result.get("manifest", {}), indent=2, sort_keys=True),
     )
 
@@ -146,21 +176,6 @@ def _epsilon_units(
     return labels, space
 
 
-def _pictures(result: dict[str, Any], store: ArtifactStore) -> list[dict[str, Any]]:
-    """The stored landscape PNGs as data: URIs, so the page needs no other request."""
-    pictures = []
-    for ls in result.get("landscapes", []):
-        path = store.path(ls["png_sha256"]) if ls.get("png_sha256") else None
-        if path is not None and path.exists():
-            encoded = base64.b64encode(path.read_bytes()).decode()
-            pictures.append({**ls, "src": f"data:image/png;base64,{encoded}"})
-    return pictures
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
 # Autoescape everything: the templates are HTML, and every value in them is data.
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("service", "templates"),
@@ -169,4 +184,5 @@ _TEMPLATES = jinja2.Environment(
     keep_trailing_newline=True,
 )
 _TEMPLATES.filters["fmt"] = format
-_TEMPLATES.filters["pct"] = _pct
+_TEMPLATES.filters["pct"] = view.pct
+_TEMPLATES.filters["shown"] = view.shown

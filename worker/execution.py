@@ -29,8 +29,8 @@ from infra.storage import ArtifactStore
 from robustness.errors import AuditInputError, DatasetRejected, ModelRejected
 from robustness.image_datasets import image_target
 from robustness.report import merge_results
-from robustness.results import AuditResult, Manifest
-from worker import leases, render, runner, sandboxed
+from robustness.results import AuditResult, Manifest, ReportFigures
+from worker import figures, leases, render, runner, sandboxed
 from worker.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,10 @@ def _plan(session: Session, audit_id: str, shard_size: int) -> list[int]:
     return sorted(p for p, s in existing.items() if s.status == ShardStatus.PENDING.value)
 
 
-def aggregate(session: Session, audit_id: str) -> dict[str, Any]:
-    """The audit's `result` from its shards' results."""
+def aggregate(
+    session: Session, audit_id: str, store: ArtifactStore | None = None
+) -> dict[str, Any]:
+    """The audit's `result` from its shards' results, with the report's pictures drawn."""
     audit = session.get(Audit, audit_id)
     assert audit is not None
     shards = session.scalars(
@@ -107,17 +109,39 @@ def aggregate(session: Session, audit_id: str) -> dict[str, Any]:
             "class_names": audit.dataset.class_names or audit.model.class_names,
         }
     )
-    return merged.model_copy(update={"manifest": manifest}).to_json()
+    merged = merged.model_copy(update={"manifest": manifest})
+    return draw_figures(merged, store or ArtifactStore(Settings.from_env().artifact_dir)).to_json()
 
 
-def finalise(session: Session, audit_id: str) -> bool:
+def draw_figures(result: AuditResult, store: ArtifactStore) -> AuditResult:
+    """The ε-sweep, the ψ histogram and the vulnerable samples' pictures, stored by sha256.
+
+    Drawn here, once per audit (the API image has no matplotlib); the same result draws the
+    same bytes, so finalising again stores nothing new."""
+
+    def save(png: bytes) -> str:
+        return store.save_stream(io.BytesIO(png), max_bytes=len(png)).sha256
+
+    input_range = result.manifest.input_range if result.manifest else None
+    drawn = ReportFigures(
+        sweep_png_sha256=save(figures.sweep_png(result)),
+        histogram_png_sha256=save(figures.histogram_png(result)),
+    )
+    samples = tuple(
+        v.model_copy(update={"png_sha256": save(figures.sample_png(v, input_range))})
+        for v in result.vulnerable
+    )
+    return result.model_copy(update={"figures": drawn, "vulnerable": samples})
+
+
+def finalise(session: Session, audit_id: str, store: ArtifactStore | None = None) -> bool:
     """Merge and finish an audit whose shards are all done; any number of times, one outcome.
 
     True when every shard is done (the audit is finished now, or was already)."""
     if not leases.all_done(session, audit_id):
         session.commit()
         return False
-    result = aggregate(session, audit_id)
+    result = aggregate(session, audit_id, store)
     session.commit()
     leases.finish(
         session, audit_id, AuditStatus.SUCCEEDED, result=result, backend=result["backend"]
@@ -346,7 +370,7 @@ def _store(
             return "cancelled"
         return "skipped"
     _failpoint("before-finalise", audit_id)
-    finalise(session, audit_id)
+    finalise(session, audit_id, store)
     return "done"
 
 

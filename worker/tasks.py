@@ -78,7 +78,7 @@ def run_audit(self: RobauditTask, audit_id: str) -> str:
             notify_ended(session, audit_id)
             return "cancelled"
         positions = execution.plan_shards(session, audit_id, self.settings.shard_size)
-        if execution.finalise(session, audit_id):
+        if execution.finalise(session, audit_id, self.store):
             notify_ended(session, audit_id)
             return "finalised"
         send_shards(session, audit_id, positions)

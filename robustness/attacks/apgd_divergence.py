@@ -125,12 +125,14 @@ class APGDDivergence:
         toward, zero, nonfinite = self._runner_up_start(x, log_p)
         best = torch.zeros(x.shape[0], device=x.device)
         half = torch.zeros_like(best)
+        x_best = x.detach().clone()
         for run in range(self.runs):
             start = random_start(x, self.eps, self.norm, self.bounds, gen)
             if run == 0:
                 dead = (zero | nonfinite).view(-1, *([1] * (x.ndim - 1)))
                 start = torch.where(dead, start, toward)
-            run_best, run_half = self._run(x, start)
+            run_best, run_half, run_x = self._run(x, start)
+            x_best = _where(run_best > best, run_x, x_best)  # NaN never wins
             best = torch.fmax(best, run_best)
             # ψ had every run stopped at half its steps: the same starts, half the ascent.
             half = torch.fmax(half, run_half)
@@ -139,6 +141,7 @@ class APGDDivergence:
             zero_gradient=zero.cpu(),
             nonfinite_gradient=nonfinite.cpu(),
             psi_half=half.clamp_min(0.0).double().cpu(),
+            x_best=x_best,
         )
 
     def _runner_up_start(
@@ -173,8 +176,10 @@ class APGDDivergence:
         (grad,) = torch.autograd.grad(kl.sum(), x_adv)
         return kl.detach(), grad.detach().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
 
-    def _run(self, x: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One APGD run of `steps` steps: (best value, best value after steps // 2)."""
+    def _run(
+        self, x: torch.Tensor, start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One APGD run of `steps` steps: (best value, best value after steps // 2, its input)."""
         value, grad = self._value_and_grad(start)
         n = x.shape[0]
         s = _State(
@@ -209,7 +214,7 @@ class APGDDivergence:
                 since_check = 0
             if k + 1 == self.steps // 2:
                 half = s.best.clone()
-        return s.best, half
+        return s.best, half, s.x_best
 
     def _step(self, x: torch.Tensor, s: _State, *, momentum: float) -> None:
         """z = P(x_k + η·u(∇)); x_{k+1} = P(x_k + μ(z − x_k) + (1 − μ)(x_k − x_{k−1}))."""

@@ -49,13 +49,15 @@ class DivergenceOutcome:
     """ψ per sample plus the gradient health seen on the way.
 
     `psi_half` is the best value had every run (restart) of the search stopped at half its
-    steps: the convergence diagnostic compares it with ψ.
+    steps: the convergence diagnostic compares it with ψ. `x_best` is the input that reached ψ
+    (x itself where nothing beat 0), on the search's device: the report shows the worst ones.
     """
 
     psi: torch.Tensor
     zero_gradient: torch.Tensor
     nonfinite_gradient: torch.Tensor
     psi_half: torch.Tensor
+    x_best: torch.Tensor | None = None
 
 
 class DivergenceSearch:
@@ -96,6 +98,7 @@ class DivergenceSearch:
         zero = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         nonfinite = torch.zeros_like(zero)
         half = torch.zeros_like(best)
+        top, x_best = torch.zeros_like(best), x.detach().clone()
         for restart in range(self.restarts):
             x_adv = random_start(x, self.eps, self.norm, self.bounds, gen)
             run_best = torch.zeros_like(best)
@@ -105,6 +108,9 @@ class DivergenceSearch:
                 with torch.set_grad_enabled(not last):
                     kl = neg_entropy - (p * self.log_probs(x_adv)).sum(dim=1)
                 run_best = torch.fmax(run_best, kl.detach())  # fmax: a NaN never wins
+                gain = kl.detach() > top  # the input behind ψ, for the report
+                top = torch.where(gain, kl.detach(), top)
+                x_best[gain] = x_adv.detach()[gain]
                 if k == self.steps // 2:  # ψ had every restart stopped at half its steps
                     half = torch.fmax(half, run_best)
                 if last:
@@ -130,6 +136,7 @@ class DivergenceSearch:
             zero_gradient=zero.cpu(),
             nonfinite_gradient=nonfinite.cpu(),
             psi_half=half.clamp_min(0.0).double().cpu(),
+            x_best=x_best,
         )
 
     def random_probe(self, x: torch.Tensor, gen: torch.Generator, probes: int) -> torch.Tensor:

@@ -107,7 +107,7 @@ def test_audit_runs_and_stores_the_contract_result(
     assert (
         served["result"]["per_epsilon"][0]["divergence"] == result["per_epsilon"][0]["divergence"]
     )
-    assert len(result["landscapes"]) == 4
+    assert len(result["landscapes"]) == 8  # 4 samples at each of 2 ε
     grid = client.get(f"/v1/audits/{audit_id}/landscape/0", headers=auth).get_json()
     assert len(grid["loss"]) == len(grid["margin"]) == len(grid["coords"]) == 21
     assert grid["coords"][0] == pytest.approx(-0.2)
@@ -117,9 +117,20 @@ def test_audit_runs_and_stores_the_contract_result(
     assert png.mimetype == "image/png"
     assert png.data.startswith(b"\x89PNG")
     png.close()  # send_file's open file; a WSGI server closes it, the test client does not
-    assert client.get(f"/v1/audits/{audit_id}/landscape/4", headers=auth).status_code == 404
+    assert client.get(f"/v1/audits/{audit_id}/landscape/8", headers=auth).status_code == 404
     report = client.get(f"/v1/audits/{audit_id}/report", headers=auth).get_data(as_text=True)
-    assert report.count("data:image/png;base64,") == 4
+    # 8 landscapes, the ε-sweep, the ψ histogram and the 6 most vulnerable samples
+    assert report.count("data:image/png;base64,") == 8 + 2 + 6
+    worst = result["vulnerable"]
+    assert [v["epsilon"] for v in worst] == [0.2] * 6
+    psi = result["per_epsilon"][1]["per_sample"]
+    assert [v["divergence"] for v in worst] == sorted(psi, reverse=True)[:6]
+    for v in worst:
+        assert f"sample {v['sample_index']}</b>" in report
+        assert v["png_sha256"]
+    assert result["figures"]["sweep_png_sha256"]
+    assert "Most vulnerable samples (ε = 0.2)" in report
+    assert "None" not in report
 
 
 @ONE_DATABASE
@@ -143,6 +154,9 @@ def test_an_image_zip_is_decoded_in_the_worker_and_its_class_names_reported(
     assert audit.result is not None
     assert audit.result["samples"] == 6
     assert audit.result["manifest"]["class_names"] == ["cat", "dog"]
+    report = client.get(f"/v1/audits/{audit.id}/report", headers=auth).get_data(as_text=True)
+    assert '<td class="name">cat (0)</td>' in report  # the per-class table
+    assert "true class dog (1)" in report or "true class cat (0)" in report  # a vulnerable one
 
 
 @ONE_DATABASE
@@ -223,7 +237,12 @@ def test_sharded_audit_aggregates_once(
     assert result["samples"] == 40
     assert result["manifest"]["shards"] == 3
     assert len(result["per_epsilon"][0]["per_sample"]) == 40
-    assert len(result["landscapes"]) == 4  # drawn by the first shard only
+    assert len(result["landscapes"]) == 8  # drawn by the first shard only, at both ε
+    psi = result["per_epsilon"][1]["per_sample"]
+    top = sorted(range(40), key=lambda i: (-psi[i], i))[:6]  # the global top 6 of 3 shards
+    assert [v["sample_index"] for v in result["vulnerable"]] == top
+    per_class = result["per_epsilon"][1]["per_class"]
+    assert sum(c["samples"] for c in per_class) == 40
     # a redelivered shard is neither run nor counted again
     store = ArtifactStore(settings.artifact_dir)
     again = execution.execute_shard(

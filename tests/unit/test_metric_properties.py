@@ -236,3 +236,7 @@ def test_shards_merged_equal_one_unsharded_run(data: tuple[np.ndarray, np.ndarra
         assert a["divergence"] == b["divergence"]
         assert a["pgd_accuracy"] == pytest.approx(b["pgd_accuracy"])
         assert a["clean_accuracy"] == pytest.approx(b["clean_accuracy"])
+        for ca, cb in zip(a["per_class"], b["per_class"], strict=True):
+            assert ca == pytest.approx(cb)
+    # each shard keeps its top K, the merge the global top K: the very same samples and inputs
+    assert merged["vulnerable"] == whole["vulnerable"]

@@ -39,16 +39,23 @@ def data(landscapes: list[dict[str, Any]]) -> dict[str, Any]:
                        "ci95": [0.011, 0.013]},
         "clean_accuracy": 0.9, "fgsm_accuracy": None, "pgd_accuracy": 0.4,
     }  # fmt: skip
+    diagnostics = {
+        "evidence": [f"class {HOSTILE} never wins"], "blackbox_note": HOSTILE,
+        "gradient_masking_suspected": True, "zero_gradient_fraction": 0.0,
+        "nonfinite_gradient_fraction": 0.0, "random_search_wins": 1, "parity_max_abs_diff": None,
+    }  # fmt: skip
     result = {
         "per_epsilon": [eps],
         "samples": 16,
-        "diagnostics": {"evidence": [f"class {HOSTILE} never wins"], "blackbox_note": HOSTILE},
+        "backend": "torch",
+        "diagnostics": diagnostics,
         "landscapes": landscapes,
         "manifest": {"class_names": [HOSTILE, "cat"]},
     }
     return {
         "audit": {
-            "id": "a1", "status": "failed", "error": f"model {HOSTILE} failed", "backend": "torch",
+            "id": "a1", "status": "succeeded", "error": f"model {HOSTILE} failed",
+            "backend": "torch",
             "result": result,
             "config": {"norm": "linf", "steps": 2, "restarts": 1, "logit_normalization": "l2"},
         },
@@ -74,9 +81,15 @@ def test_landscapes_are_inlined_so_the_page_stands_alone(tmp_path: Path) -> None
     store = ArtifactStore(tmp_path)
     png = b"\x89PNG\r\n\x1a\n not really a picture"
     stored = store.save_stream(io.BytesIO(png), max_bytes=1 << 20)
-    shown = {"png_sha256": stored.sha256, "sample_index": 3, "label": 7}
-    missing = {"png_sha256": "0" * 64, "sample_index": 4, "label": 1}
+    grid = {
+        "epsilon": 0.03, "norm": "linf", "coords": [-0.06, 0.0, 0.06], "loss": [[0.0] * 3] * 3,
+        "margin": [[1.0, 2.0, 3.0]] * 3, "misclassified_fraction_inside_eps": 0.0,
+        "crosses_boundary_within_eps": False, "decision_boundary": [],
+    }  # fmt: skip
+    shown = {**grid, "png_sha256": stored.sha256, "sample_index": 3, "label": 1}
+    missing = {**grid, "png_sha256": "0" * 64, "sample_index": 4, "label": 0}
     page = Page()
     page.feed(report_html(data([shown, missing]), store))
     assert page.images == ["data:image/png;base64," + base64.b64encode(png).decode()]
-    assert "sample 3 (label 7)" in "".join(page.text)
+    text = "".join(page.text)
+    assert "sample 3 (cat (1)): no boundary within ±0.06: margin ≥ 1" in text
