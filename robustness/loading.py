@@ -376,7 +376,7 @@ def _convert_fused(
     candidate, status = _convert(fusion.model, converter, log_probs, device, probe, reference)
     if candidate is None:
         return None
-    return candidate, status, f"fused {fusion.label()} into native torch ops (checked)"
+    return candidate, status, f"rewritten for native torch ops: {fusion.label()} (checked)"
 
 
 def _convert(

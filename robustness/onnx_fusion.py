@@ -303,6 +303,48 @@ _PATTERNS = (
 )
 
 
+# Opset 18-20 forms onnx2torch 1.5 has no converter for, with the since-version they need;
+# each means what the older form onnx2torch converts means (Reshape-19 and Shape-19 only add
+# types; ReduceMean-18 moves axes from an attribute to an input; Gelu is new in 20).
+_NEWER_FORMS = {"Reshape": 19, "Shape": 19, "ReduceMean": 18, "Gelu": 20}
+
+
+def _retag_newer_ops(model: onnx.ModelProto) -> Counter[str]:
+    """Move those ops into FUSED_DOMAIN, where robustness.backends.fused_modules converts them."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    g = _Graph(model.graph, list(model.graph.node))
+    counts: Counter[str] = Counter()
+    for node in model.graph.node:
+        since = _NEWER_FORMS.get(node.op_type)
+        if node.domain not in ("", "ai.onnx") or since is None or opset < since:
+            continue
+        if node.op_type == "ReduceMean":
+            axes = g.constant(node.input[1]) if len(node.input) > 1 else None
+            if axes is None:
+                continue
+            del node.input[1:]
+            node.attribute.append(helper.make_attribute("axes", [int(a) for a in axes.ravel()]))
+        if node.op_type == "Reshape" and not _allowzero_moot(g, node):
+            continue
+        node.domain = FUSED_DOMAIN
+        counts[f"{node.op_type}-{since}"] += 1
+    return counts
+
+
+def _allowzero_moot(g: _Graph, reshape: onnx.NodeProto) -> bool:
+    """True (and the attribute dropped) unless allowzero=1 could change this Reshape's result."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in reshape.attribute}
+    if not attrs.get("allowzero", 0):
+        return True
+    shape = g.constant(reshape.input[1])
+    if shape is None or (shape == 0).any():
+        return False
+    kept = [a for a in reshape.attribute if a.name != "allowzero"]
+    del reshape.attribute[:]
+    reshape.attribute.extend(kept)
+    return True
+
+
 def fuse(model: onnx.ModelProto) -> Fusion:
     """A copy of the model with its LayerNorm and GELU patterns fused (top-level graph only).
 
@@ -336,6 +378,7 @@ def fuse(model: onnx.ModelProto) -> Fusion:
                 copy.CopyFrom(node)
             del out.graph.node[:]
             out.graph.node.extend(copies)
+    counts.update(_retag_newer_ops(out))
     if not counts:
         return Fusion(model, {})
     if all(o.domain != FUSED_DOMAIN for o in out.opset_import):

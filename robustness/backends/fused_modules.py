@@ -11,7 +11,11 @@ from robustness.onnx_fusion import ATTENTION, FUSED_DOMAIN, GELU, LAYER_NORM, LI
 def register_onnx2torch() -> None:
     """Teach onnx2torch the fused ops (idempotent): nn.LayerNorm and nn.GELU modules."""
     from onnx2torch.node_converters.layer_norm import OnnxLayerNorm
-    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
+    from onnx2torch.node_converters.registry import (
+        _CONVERTER_REGISTRY,
+        OperationDescription,
+        get_converter,
+    )
     from onnx2torch.utils.common import (
         OnnxMapping,
         OperationConverterResult,
@@ -35,8 +39,10 @@ def register_onnx2torch() -> None:
         )
 
     def gelu(node, graph):  # type: ignore[no-untyped-def]
+        approximate = node.attributes.get("approximate", "none")
         return OperationConverterResult(
-            torch_module=torch.nn.GELU(), onnx_mapping=onnx_mapping_from_node(node)
+            torch_module=torch.nn.GELU(approximate=approximate),
+            onnx_mapping=onnx_mapping_from_node(node),
         )
 
     def attention(node, graph):  # type: ignore[no-untyped-def]
@@ -60,6 +66,9 @@ def register_onnx2torch() -> None:
         return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
 
     converters = {LAYER_NORM: layer_norm, GELU: gelu, ATTENTION: attention, LINEAR: linear}
+    # Opset 18-19 forms (robustness.onnx_fusion._NEWER_FORMS): onnx2torch's older converter.
+    for op, version in (("Reshape", 14), ("Shape", 15), ("ReduceMean", 13)):
+        converters[op] = get_converter(op, version)
     for op, converter in converters.items():
         _CONVERTER_REGISTRY[OperationDescription(FUSED_DOMAIN, op, 1)] = converter
 

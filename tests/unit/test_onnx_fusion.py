@@ -87,8 +87,11 @@ def test_every_decomposed_pattern_is_fused_and_the_scores_stay(
 
     fused = load(data, _probe(), device=CPU)
     unfused = load(data, _probe(), device=CPU, fuse=False)
-    assert any(note.startswith("fused ") and "(checked)" in note for note in fused.notes)
-    assert not any(note.startswith("fused ") for note in unfused.notes)
+    assert any(
+        note.startswith("rewritten for native torch ops") and "(checked)" in note
+        for note in fused.notes
+    )
+    assert not any(note.startswith("rewritten for") for note in unfused.notes)
     kinds = Counter(type(m).__name__ for m in fused.backend.module.modules())  # type: ignore[attr-defined]
     assert kinds["LayerNorm"] == expected[LAYER_NORM]
     assert kinds["GELU"] == expected[GELU]
@@ -128,3 +131,42 @@ def test_a_graph_without_patterns_is_returned_unchanged() -> None:
     fusion = fuse(graph)
     assert fusion.counts == {}
     assert fusion.model is graph
+
+
+def _opset20_graph() -> bytes:
+    """Gelu-20, ReduceMean-18 (axes an input) and Reshape-19 with allowzero=1, as dynamo writes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(1).normal(size=(24, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=1),
+            helper.make_node("Sub", ["x", "m"], ["c"]),
+            helper.make_node("Reshape", ["c", "shape"], ["flat"], allowzero=1),
+            helper.make_node("Gelu", ["flat"], ["g"]),
+            helper.make_node("MatMul", ["g", "w"], ["logits"]),
+        ],
+        "opset20",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
+        [
+            numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+            numpy_helper.from_array(np.array([-1, 24], np.int64), "shape"),
+            numpy_helper.from_array(w, "w"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]).SerializeToString()
+
+
+def test_opset_20_forms_onnx2torch_lacks_are_converted_by_it_after_the_rewrite() -> None:
+    data = _opset20_graph()
+    probe = np.random.default_rng(0).normal(size=(4, 4, 6)).astype(np.float32)
+    fused = load(data, probe, device=CPU)
+    unfused = load(data, probe, device=CPU, fuse=False)
+    assert "converted to torch by onnx2torch" in fused.notes
+    assert "rewritten for native torch ops: 1 Gelu-20, 1 ReduceMean-18, 1 Reshape-19 (checked)" in (
+        fused.notes
+    )
+    assert any(n.startswith("converted to torch by onnx2pytorch") for n in unfused.notes)
+    x = torch.from_numpy(probe)
+    torch.testing.assert_close(fused.backend.raw_outputs(x), unfused.backend.raw_outputs(x))
