@@ -13,10 +13,12 @@ import torch
 
 from robustness.backends.base import ScoreBackend
 from robustness.backends.ort_backend import OrtBackend
-from robustness.backends.torch_backend import CONVERTERS, TorchBackend, parity
+from robustness.backends.torch_backend import CONVERTERS, TorchBackend, fold_constants, parity
 from robustness.config import BackendKind
 from robustness.errors import AuditInputError, ModelRejected
 from robustness.onnx_contrib import CONTRIB, contrib_ops, lower_contrib_ops
+from robustness.onnx_fusion import FUSING_CONVERTERS
+from robustness.onnx_fusion import fuse as fuse_patterns
 from robustness.onnx_graph import ModelInfo, data_input, inspect, load_model_bytes, scores_graph
 from robustness.onnx_lowering import batchnorm_inference_mode, lower_ml_ops
 from robustness.onnx_normalization import prepend_normalization
@@ -113,11 +115,14 @@ def load(
     seed: int = 0,
     fd_directions: int = 64,
     preprocessing: Preprocessing | None = None,
+    fuse: bool = True,
 ) -> LoadedModel:
     """Load, convert and parity-check; fall back to onnxruntime when torch cannot be trusted.
 
     `probe` holds real inputs (the audit's own samples) for the parity check; with
     `preprocessing` they are pixels, and its normalization is prepended to the graph.
+    `fuse=False` converts the exporter's decomposed patterns node by node
+    (robustness.onnx_fusion).
     """
     model = load_model_bytes(data)
     info = inspect(model, output)
@@ -158,7 +163,7 @@ def load(
         statuses[BackendKind.TORCH] = BackendStatus(ok=False, reason="not requested")
     else:
         torch_backend, statuses[BackendKind.TORCH], tried = _try_torch(
-            graph, log_probs, device, probe, reference
+            graph, log_probs, device, probe, reference, fuse=fuse
         )
         notes += tried
     if backend is BackendKind.TORCH and torch_backend is None:
@@ -352,17 +357,51 @@ def _try_torch(
     device: torch.device,
     probe: np.ndarray,
     reference: np.ndarray,
+    *,
+    fuse: bool = True,
 ) -> tuple[TorchBackend | None, BackendStatus, list[str]]:
-    """The first converter whose module matches onnxruntime, its status, and what failed."""
+    """The first converter whose module matches onnxruntime, its status, and what failed.
+
+    Each converter first gets the graph with its decomposed patterns fused, where it can
+    convert them; a fused module is kept only if it, too, matches onnxruntime's scores.
+    """
     failures: list[str] = []
     status = BackendStatus(ok=False)
     for converter in CONVERTERS:
+        if fuse and (
+            fused := _convert_fused(graph, converter, log_probs, device, probe, reference)
+        ):
+            tried = f" ({'; '.join(failures)})" if failures else ""
+            return fused[0], fused[1], [f"converted to torch by {converter}{tried}", fused[2]]
         candidate, status = _convert(graph, converter, log_probs, device, probe, reference)
         if candidate is not None:
             tried = f" ({'; '.join(failures)})" if failures else ""
             return candidate, status, [f"converted to torch by {converter}{tried}"]
         failures.append(f"{converter}: {status.reason}")
     return None, replace(status, reason="; ".join(failures)), []
+
+
+def _convert_fused(
+    graph: onnx.ModelProto,
+    converter: str,
+    log_probs: bool,
+    device: torch.device,
+    probe: np.ndarray,
+    reference: np.ndarray,
+) -> tuple[TorchBackend, BackendStatus, str] | None:
+    """The converter's module of the fused graph, if any pattern fused and parity holds."""
+    if converter not in FUSING_CONVERTERS:
+        return None
+    try:
+        fusion = fuse_patterns(fold_constants(graph))  # shape arithmetic folds to constants
+    except Exception:
+        return None
+    if not fusion.counts:
+        return None
+    candidate, status = _convert(fusion.model, converter, log_probs, device, probe, reference)
+    if candidate is None:
+        return None
+    return candidate, status, f"rewritten for native torch ops: {fusion.label()} (checked)"
 
 
 def _convert(

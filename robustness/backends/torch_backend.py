@@ -48,6 +48,9 @@ def _onnx2pytorch(graph: onnx.ModelProto) -> torch.nn.Module:
 def _onnx2torch(graph: onnx.ModelProto) -> torch.nn.Module:
     from onnx2torch import convert
 
+    from robustness.backends.fused_modules import register_onnx2torch
+
+    register_onnx2torch()  # the fused LayerNorm / GELU ops of robustness.onnx_fusion
     return convert(layer_norm_shapes(fold_constants(graph)))
 
 
