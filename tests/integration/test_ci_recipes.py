@@ -74,11 +74,14 @@ def test_readme_and_ci_examples_gate_under_pipefail(
 ) -> None:
     model, data = on_disk  # model.onnx and holdout.npz, the names the recipes use
     # An older audit of the name, measured alike (the seed is no part of the threat model),
-    # then the audit the recipes' `submit` finds already succeeded, so `--wait` ends at once.
+    # then the audits the recipes' `submit` finds already succeeded, so `--wait` ends at once:
+    # the CI examples upload the commit as the model's version, the README's recipe none, and
+    # a version is part of a model's metadata, so those are two models (versions) of the name.
     baseline = _submit(model, data, "--eps", "0.03", "--seed", "1", capsys=capsys)
     _succeed(db_session, baseline)
-    candidate = _submit(model, data, "--eps", "0.03", capsys=capsys)
-    _succeed(db_session, candidate)
+    versioned = _submit(model, data, "--eps", "0.03", "--version", "0" * 40, capsys=capsys)
+    _succeed(db_session, versioned)
+    _succeed(db_session, _submit(model, data, "--eps", "0.03", capsys=capsys))
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -87,12 +90,14 @@ def test_readme_and_ci_examples_gate_under_pipefail(
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     github, github_env = github_recipe()
     gitlab, gitlab_vars = gitlab_recipe()
+    # `latest:NAME` is the newest older audit measured alike: for the README's (the newest
+    # audit) that is the CI examples' version, for theirs the seed-1 baseline.
     recipes = {
-        "README": (readme_recipe(), {}),
-        "GitHub": (github, {"MODEL_NAME": github_env["MODEL_NAME"]}),
-        "GitLab": (gitlab, {"MODEL_NAME": gitlab_vars["MODEL_NAME"]}),
+        "README": (readme_recipe(), {}, versioned),
+        "GitHub": (github, {"MODEL_NAME": github_env["MODEL_NAME"]}, baseline),
+        "GitLab": (gitlab, {"MODEL_NAME": gitlab_vars["MODEL_NAME"]}, baseline),
     }
-    for where, (script, extra) in recipes.items():
+    for where, (script, extra, older) in recipes.items():
         outputs = tmp_path / f"{where}.out"
         run_env = {
             **os.environ,
@@ -117,7 +122,7 @@ def test_readme_and_ci_examples_gate_under_pipefail(
         junit = (tmp_path / "robustness.xml").read_text()
         assert 'failures="0" errors="0"' in junit, where
         assert 'tests="0"' not in junit
-        assert f"vs {baseline}" in junit, where  # latest:NAME found the older audit
+        assert f"vs {older}" in junit, where  # latest:NAME found the older audit
         assert (tmp_path / "robustness.html").read_text().lstrip().lower().startswith("<!doctype")
         if where == "GitHub":
-            assert outputs.read_text() == f"audit_id={candidate}\n"
+            assert outputs.read_text() == f"audit_id={versioned}\n"
