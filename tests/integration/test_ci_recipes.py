@@ -13,13 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from infra.persistence.models import Audit
 from robaudit.cli import main
-from tests.integration.test_cli_client import env, on_disk  # noqa: F401 (fixtures)
-from tests.integration.test_history import fake_result
+from tests.integration.test_cli_client import _succeed, env, on_disk  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -48,15 +45,6 @@ def gitlab_recipe() -> tuple[str, dict]:
     assert job["artifacts"]["reports"]["junit"] == "robustness.xml"
     assert job["artifacts"]["when"] == "always"
     return "\n".join(job["script"]), job["variables"]
-
-
-def _succeed(db: Session, audit_id: str) -> None:
-    db.execute(
-        update(Audit)
-        .where(Audit.id == audit_id)
-        .values(status="succeeded", result=fake_result(0.01, 0.001))
-    )
-    db.commit()
 
 
 def _submit(model: Path, data: Path, *flags: str, capsys: pytest.CaptureFixture[str]) -> str:

@@ -283,7 +283,7 @@ def test_finalise_is_idempotent_and_retriggered(
 
     audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), LIGHT)
     real_finalise = execution.finalise
-    monkeypatch.setattr(execution, "finalise", lambda _session, _audit_id: False)
+    monkeypatch.setattr(execution, "finalise", lambda _session, _audit_id, _store=None: False)
     audit = run(db_session, settings, audit_id, shard_size=20)
     assert (audit.status, audit.shards_done, audit.result) == ("running", 2, None)
     monkeypatch.setattr(execution, "finalise", real_finalise)
