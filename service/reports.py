@@ -167,9 +167,10 @@ def _epsilon_units(
     value_range = manifest.get("input_range") or model.get("input_range")
     labels = [epsilon_label(p["epsilon"], value_range, pre) for p in per_epsilon]
     if pre is None:
+        units = "units" if value_range is None else f"units, range {value_range}"
         space = (
-            f"ε is in the model's input units, range {value_range}: no preprocessing was "
-            "declared, so the ball is in whatever space the graph takes."
+            f"ε is in the model's input {units}: no preprocessing was declared, so the ball "
+            "is in whatever space the graph takes."
         )
     else:
         space = f"ε is in pixel space: {pre.describe()}."

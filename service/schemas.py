@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictBool,
     WithJsonSchema,
     field_validator,
 )
@@ -110,7 +111,7 @@ class AuditCreate(BaseModel):
     config: AuditConfig = Field(
         default_factory=AuditConfig, description="What to measure; every field has a default"
     )
-    force: bool = Field(False, description="Run again even if an identical audit succeeded")
+    force: StrictBool = Field(False, description="Run again even if an identical audit succeeded")
 
 
 class IdempotencyHeader(BaseModel):
@@ -121,8 +122,16 @@ def _as_utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def _iso_text(value: Any) -> Any:
+    """Only ISO 8601 text is a time here: pydantic would also read a number as Unix seconds,
+    which the documented `date-time` format does not allow."""
+    if isinstance(value, datetime | str):
+        return value
+    raise ValueError("a time is ISO 8601 text, e.g. 2026-12-04T17:00:00Z")
+
+
 # A time without a timezone is read as UTC, as every time this API writes is.
-UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+UtcDatetime = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_as_utc)]
 
 
 def _increase(value: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response
 
-from service.api.common import blueprint, json_response
+from service.api.common import BAD_CURSOR, blueprint, json_response
 from service.auth import tenant_id
 from service.db import db
 from service.schemas import ListQuery
@@ -46,7 +46,7 @@ def create_webhook(body: WebhookCreate) -> Response:
     return json_response(created, 201)
 
 
-@bp.get("", responses={200: WebhookPage})
+@bp.get("", responses={200: WebhookPage, **BAD_CURSOR})
 def list_webhooks(query: ListQuery) -> Response:
     """List webhook endpoints, newest first (without their secrets)."""
     rows, cursor = list_endpoints(
@@ -66,7 +66,7 @@ def delete_webhook(path: WebhookPath) -> Response:
 
 @bp.get(
     "/<webhook_id>/deliveries",
-    responses={200: DeliveryPage},
+    responses={200: DeliveryPage, **BAD_CURSOR},
     description="Newest first; each delivery lists every attempt with its status code or error.",
 )
 def webhook_deliveries(path: WebhookPath, query: ListQuery) -> Response:

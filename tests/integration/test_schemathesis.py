@@ -36,7 +36,12 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
     try:
         upgrade(url)
         root = tmp_path_factory.mktemp("schemathesis")
-        settings = Settings(data_dir=root / "data", database_url=url, rate_limit="100000/minute")
+        settings = Settings(
+            data_dir=root / "data",
+            database_url=url,
+            rate_limit="100000/minute",
+            bad_key_rate_limit="100000/minute",  # it sends many requests without a key
+        )
         app = create_app({"ROBAUDIT_SETTINGS": settings})
         engine = make_engine(url)
         with Session(engine) as session:
