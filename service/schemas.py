@@ -123,10 +123,15 @@ def _as_utc(value: datetime) -> datetime:
 
 
 def _iso_text(value: Any) -> Any:
-    """Only ISO 8601 text is a time here: pydantic would also read a number as Unix seconds,
-    which the documented `date-time` format does not allow."""
-    if isinstance(value, datetime | str):
+    """Only ISO 8601 text is a time here: pydantic would also read a number (or a query's
+    "0.5") as Unix seconds, which the documented `date-time` format does not allow."""
+    if isinstance(value, datetime):
         return value
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
     raise ValueError("a time is ISO 8601 text, e.g. 2026-12-04T17:00:00Z")
 
 

@@ -69,6 +69,9 @@ def test_lists_summarise_and_delete_hides_an_audit(
     assert len(naive.get_json()["items"]) == 2
     later = client.get("/v1/audits?created_after=2999-01-01T00:00:00", headers=auth)
     assert later.get_json()["items"] == []
+    # a number is no date-time, though pydantic would read it as Unix seconds
+    number = client.get("/v1/audits?created_after=1700000000", headers=auth)
+    assert_problem(number, 422, "ISO 8601")
 
     queued = client.post("/v1/audits", json={"model_id": ids[0], "dataset_id": ids[1]},
                          headers=auth).get_json()["id"]  # fmt: skip
