@@ -23,7 +23,7 @@ from robustness.image_datasets import image_target, target_shape
 from robustness.results import AuditResult, LandscapeResult, ResultSummary
 from robustness.spec import spec_from_config
 from service import limits
-from service.catalog import get_dataset, get_model
+from service.catalog import get_dataset, get_model, live_row
 from service.errors import NotFound, Problem, Unprocessable
 from service.pagination import paginate
 from service.schemas import AuditOut, AuditSummary, CostOut, Passes, Progress
@@ -149,10 +149,7 @@ def _same_succeeded(
 
 def get_audit(*, session: Session, tenant_id: str, audit_id: str) -> Audit:
     """A live audit of this tenant, else 404 (another tenant's and deleted ones included)."""
-    row = session.get(Audit, audit_id)
-    if row is None or row.tenant_id != tenant_id or row.deleted_at is not None:
-        raise NotFound("audit", audit_id)
-    return row
+    return live_row(session, Audit, tenant_id, audit_id, "audit")
 
 
 def delete_audit(*, session: Session, tenant_id: str, audit_id: str) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from infra.config import Settings
-from infra.persistence.models import Dataset, Model, utcnow
+from infra.persistence.models import Audit, Dataset, Model, WebhookEndpoint, utcnow
 from infra.sandbox import ChildRaised, LimitExceeded, Limits, SandboxError, run_sandboxed
 from infra.storage import ArtifactStore, StoredArtifact, TooLarge
 from robustness.datasets import DatasetFacts, is_array_zip, scan_npz
@@ -76,6 +76,8 @@ def _intake_model(path: Path, output: str | None, settings: Settings) -> dict[st
 
 
 Row = TypeVar("Row", Model, Dataset)
+# The soft-deleted rows a tenant reads by id.
+Live = TypeVar("Live", Model, Dataset, Audit, WebhookEndpoint)
 
 
 def _stem(filename: str | None, fallback: str) -> str:
@@ -346,17 +348,20 @@ def _scan_dataset(path: Path, settings: Settings) -> tuple[DatasetFacts, list[st
 
 def get_model(*, session: Session, tenant_id: str, model_id: str) -> Model:
     """A live model of this tenant, else 404 (another tenant's and deleted ones included)."""
-    row = session.get(Model, model_id)
-    if row is None or row.tenant_id != tenant_id or row.deleted_at is not None:
-        raise NotFound("model", model_id)
-    return row
+    return live_row(session, Model, tenant_id, model_id, "model")
 
 
 def get_dataset(*, session: Session, tenant_id: str, dataset_id: str) -> Dataset:
     """A live dataset of this tenant, else 404."""
-    row = session.get(Dataset, dataset_id)
+    return live_row(session, Dataset, tenant_id, dataset_id, "dataset")
+
+
+def live_row(session: Session, entity: type[Live], tenant_id: str, row_id: str, what: str) -> Live:
+    """The tenant's row by id unless it is deleted; else 404, as if another tenant's row (or
+    a deleted one) did not exist."""
+    row = session.get(entity, row_id)
     if row is None or row.tenant_id != tenant_id or row.deleted_at is not None:
-        raise NotFound("dataset", dataset_id)
+        raise NotFound(what, row_id)
     return row
 
 

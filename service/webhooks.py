@@ -19,7 +19,8 @@ from infra.persistence.models import WebhookDelivery, WebhookEndpoint, utcnow
 from infra.queue import DELIVER_WEBHOOK
 from infra.webhook_http import MAX_URL_CHARS, RefusedUrl, check_url
 from infra.webhooks import enqueue, new_secret
-from service.errors import NotFound, Unprocessable
+from service.catalog import live_row
+from service.errors import Unprocessable
 from service.pagination import paginate
 from service.schemas import BaseModel, ListQuery, Out
 
@@ -137,10 +138,7 @@ def create_endpoint(*, session: Session, tenant_id: str, body: WebhookCreate) ->
 
 
 def get_endpoint(*, session: Session, tenant_id: str, webhook_id: str) -> WebhookEndpoint:
-    row = session.get(WebhookEndpoint, webhook_id)
-    if row is None or row.tenant_id != tenant_id or row.deleted_at is not None:
-        raise NotFound("webhook", webhook_id)
-    return row
+    return live_row(session, WebhookEndpoint, tenant_id, webhook_id, "webhook")
 
 
 def list_endpoints(
