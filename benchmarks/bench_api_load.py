@@ -1,12 +1,12 @@
 """Open-loop load on the read API: gunicorn on PostgreSQL with 10,000 audits in the history.
 
 `python -m benchmarks.bench_api_load [--rate 200] [--seconds 30] [--audits 10000]
-[--workers 2] [--no-summaries]`
+[--workers 2] [--no-summaries] [--unfrozen]`
 
 Audits are inserted through the persistence layer with a realistic stored result (~26 KB:
 3 ε with 256 per-sample values each, 2 landscapes of 21×21), its summary beside it unless
 `--no-summaries` (what rows written before summaries look like). A load generator in its own
-process (128 threads, keep-alive connections) sends requests at a fixed arrival rate whatever
+process (one asyncio loop, a connection per request) sends requests at a fixed arrival rate whatever
 the answers' pace (open loop): half
 `GET /v1/audits/{id}` (a random audit), half `GET /v1/audits?limit=50`. Latency is measured
 from each request's scheduled send time, so a server that falls behind shows it.
@@ -155,66 +155,63 @@ def seed_database(url: str, n: int, summaries: bool) -> tuple[str, list[str], in
 
 
 def _load(base: str, key: str, ids: list[str], rate: float, seconds: float) -> dict:
-    """Send request k at start + k/rate from a pool of threads with keep-alive connections;
-    latency counts from that scheduled time. Requests not sent by the end + 10 s, or not
-    answered within 5 s, are errors: the run stays bounded."""
-    import http.client
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
+    """Send request k at start + k/rate, whatever the answers' pace (open loop); latency counts
+    from that scheduled time. A request not answered within 5 s, or not sent by the end + 10 s,
+    is an error: the run stays bounded.
+
+    One asyncio loop sends them all, each on its own connection (gunicorn's sync workers close
+    every connection after one answer). A pool of threads did this before; under the GIL its
+    own wake-ups added milliseconds to the latencies it measured.
+    """
+    import asyncio
     from urllib.parse import urlsplit
 
     host = urlsplit(base)
-    headers = {"Authorization": f"Bearer {key}"}
-    local = threading.local()
     rng = random.Random(1)
     paths = [(f"/v1/audits/{rng.choice(ids)}", "get") if k % 2 == 0
              else ("/v1/audits?limit=50", "list") for k in range(int(rate * seconds))]  # fmt: skip
-    lock = threading.Lock()
     samples: dict[str, list[float]] = {"get": [], "list": []}
     errors: dict[str, int] = {}
 
-    def fetch(path: str) -> int:
-        conn = getattr(local, "conn", None)
-        if conn is None:
-            conn = local.conn = http.client.HTTPConnection(host.hostname, host.port, timeout=5)
+    async def fetch(path: str) -> int:
+        reader, writer = await asyncio.open_connection(host.hostname, host.port)
         try:
-            conn.request("GET", path, headers=headers)
-            resp = conn.getresponse()
-            resp.read()
-            return resp.status
-        except Exception:
-            conn.close()
-            local.conn = None
-            raise
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: {host.netloc}\r\nAuthorization: Bearer {key}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            answer = await reader.read()  # to the end: the server closes after one answer
+        finally:
+            writer.close()
+        return int(answer.split(b" ", 2)[1])
 
-    for k in range(16):  # warm every worker (schemas, connections); not measured
-        with contextlib.suppress(Exception):
-            fetch(paths[k % len(paths)][0])
-    start = time.perf_counter() + 0.5
-    deadline = start + seconds + 10
-
-    def one(k: int) -> None:
+    async def one(k: int, start: float, deadline: float) -> None:
         scheduled = start + k / rate
         path, route = paths[k]
-        time.sleep(max(0.0, scheduled - time.perf_counter()))
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
         if time.perf_counter() > deadline:
             outcome = "not sent in time"
         else:
             try:
-                status = fetch(path)
+                status = await asyncio.wait_for(fetch(path), timeout=5)
                 outcome = "" if status == 200 else str(status)
             except Exception as exc:
                 outcome = type(exc).__name__
-        with lock:
-            if outcome:
-                errors[outcome] = errors.get(outcome, 0) + 1
-            else:
-                samples[route].append((time.perf_counter() - scheduled) * 1000)
+        if outcome:
+            errors[outcome] = errors.get(outcome, 0) + 1
+        else:
+            samples[route].append((time.perf_counter() - scheduled) * 1000)
 
-    with ThreadPoolExecutor(max_workers=128) as pool:
-        list(pool.map(one, range(len(paths))))
-    return {"samples": samples, "errors": errors, "sent": len(paths),
-            "elapsed_s": time.perf_counter() - start}  # fmt: skip
+    async def run() -> float:
+        for k in range(16):  # warm every worker (schemas, connections); not measured
+            with contextlib.suppress(Exception):
+                await fetch(paths[k % len(paths)][0])
+        start = time.perf_counter() + 0.5
+        await asyncio.gather(*(one(k, start, start + seconds + 10) for k in range(len(paths))))
+        return time.perf_counter() - start
+
+    elapsed = asyncio.run(run())
+    return {"samples": samples, "errors": errors, "sent": len(paths), "elapsed_s": elapsed}
 
 
 def _generator(base: str, key: str, ids: list[str], rate: float, seconds: float, q: Any) -> None:
@@ -235,6 +232,9 @@ def main() -> None:
     parser.add_argument("--audits", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-summaries", action="store_true")
+    parser.add_argument(
+        "--unfrozen", action="store_true", help="baseline: the app without gc.freeze()"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up (finally) when killed
 
@@ -244,6 +244,7 @@ def main() -> None:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(ADMIN).set(database=name).render_as_string(hide_password=False)
     server = None
+    stack = contextlib.ExitStack()
     try:
         t0 = time.perf_counter()
         key, ids, result_bytes = seed_database(url, args.audits, not args.no_summaries)
@@ -251,15 +252,19 @@ def main() -> None:
         port = 18000 + random.randrange(1000)
         data_dir = tempfile.mkdtemp(prefix="robaudit-bench-")
         env = {**os.environ, "DATABASE_URL": url, "ROBAUDIT_DATA_DIR": data_dir,
-               "ROBAUDIT_RATE_LIMIT": "1000000 per minute", "ROBAUDIT_LOG_LEVEL": "WARNING",
+               "ROBAUDIT_RATE_LIMIT": "1000000 per minute",
                # the rate limiter on Redis, as deployed (its memory storage starts a thread
                # per request); keys under this run's own prefix
                "REDIS_URL": os.environ.get("ROBAUDIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
                "ROBAUDIT_REDIS_PREFIX": f"{name}:"}  # fmt: skip
+        entry = "benchmarks.wsgi_unfrozen:app" if args.unfrozen else "service.wsgi:app"
+        # The server's log (a JSON line per request, as deployed) goes to a file: a pipe nobody
+        # reads fills after ~270 requests and then blocks every worker mid-request.
+        log = stack.enter_context(open(Path(data_dir) / "gunicorn.log", "wb"))  # noqa: SIM115
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-w", str(args.workers), "-b",
-             f"127.0.0.1:{port}", "--log-level", "warning", "service.wsgi:app"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+             f"127.0.0.1:{port}", "--log-level", "warning", entry],
+            env=env, stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
         import httpx
 
@@ -289,6 +294,7 @@ def main() -> None:
             "audits": args.audits,
             "gunicorn_workers": args.workers,
             "summaries_stored": not args.no_summaries,
+            "entry": entry,
             "stored_result_bytes": result_bytes,
             "list_page_bytes": len(page.content),
             "get_bytes": len(one.content),
@@ -316,6 +322,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:  # still draining a backlog: stop it
                 server.kill()
                 server.wait()
+        stack.close()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

@@ -12,6 +12,7 @@ from infra.queue import make_celery
 from infra.storage import ArtifactStore
 from service import errors, ratelimit, telemetry, ui
 from service.api import audits, compare, datasets, models, ops, webhooks
+from service.api.common import validate_json_response
 from service.db import db
 
 DESCRIPTION = """\
@@ -48,6 +49,7 @@ def create_app(config: dict[str, Any] | None = None) -> OpenAPI:
         # Every JSON answer is checked against its route's declared model: drift is a 500
         # (and a failing test), never a silent change of the contract.
         validate_response=True,
+        validate_response_callback=validate_json_response,
     )
     app.config.update(
         ROBAUDIT_SETTINGS=settings,
