@@ -196,6 +196,7 @@ def test_cancel_while_a_shard_runs_drops_its_result(
     assert (shard.status, shard.result) == ("pending", None)
 
 
+@ONE_DATABASE
 def test_inspect_model_fills_backend_status(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:
@@ -257,6 +258,7 @@ def test_sharded_audit_aggregates_once(
     assert shard.attempts == 1
 
 
+@ONE_DATABASE
 def test_a_model_that_emits_nan_fails_clearly_and_stops_its_other_shards(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:

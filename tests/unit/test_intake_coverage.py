@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +15,11 @@ import torch
 
 from robustness.config import BackendKind
 from robustness.loading import PARITY_RTOL, load
-from tests.factories.corpus import LIGHT_ZOO, Case, corpus
+from tests.factories.corpus import FULL_ONLY, LIGHT_ZOO, Case, corpus
 
 CASES = corpus()
+FULL = os.environ.get("ROBAUDIT_CORPUS") == "full"
+ACTIVE = tuple(c for c in CASES if FULL or c.name not in FULL_ONLY)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ def outcome(name: str) -> Outcome:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_model_is_auditable(case: Case) -> None:
+    if case not in ACTIVE:
+        pytest.skip("outside the core corpus; ROBAUDIT_CORPUS=full runs it")
     result = outcome(case.name)
     if result.kind is BackendKind.TORCH:
         assert result.parity_relative is not None
@@ -73,13 +79,34 @@ def test_model_is_auditable(case: Case) -> None:
 @pytest.mark.slow
 def test_gradient_backend_coverage_is_at_least_90_percent() -> None:
     """Loads whatever cases no test loaded yet, so it holds alone and in any order."""
-    kinds = {case.name: outcome(case.name).kind for case in CASES}
+    kinds = {case.name: outcome(case.name).kind for case in ACTIVE}
     on_torch = sum(kind is BackendKind.TORCH for kind in kinds.values())
     assert on_torch / len(kinds) >= 0.9, kinds
 
 
 def test_zoo_is_present() -> None:
     assert len(list(LIGHT_ZOO.glob("*.onnx"))) == 9
+
+
+def _path(path: Path) -> tuple[int, int, frozenset[tuple[str, str]]]:
+    """What decides a zoo graph's way through the intake: IR version, opset and operators."""
+    import onnx
+
+    model = onnx.load_model_from_string(path.read_bytes())
+    ops = frozenset((node.domain, node.op_type) for node in model.graph.node)
+    return model.ir_version, model.opset_import[0].version, ops
+
+
+def test_each_full_only_zoo_graph_takes_a_path_a_core_one_takes() -> None:
+    """The zoo graphs left to ROBAUDIT_CORPUS=full add weight, not a new path: each one's IR
+    version and opset equal a core zoo graph's, and its operators are a subset of that one's."""
+    paths = {p.stem.removeprefix("light_"): _path(p) for p in LIGHT_ZOO.glob("*.onnx")}
+    core = {name: path for name, path in paths.items() if name not in FULL_ONLY}
+    for name in FULL_ONLY:
+        ir, opset, ops = paths[name]
+        covering = [c for c, (i, o, core_ops) in core.items() if (i, o) == (ir, opset)
+                    and ops <= core_ops]  # fmt: skip
+        assert covering, f"{name} ({sorted(ops)}) needs a core case of its own"
 
 
 def test_zoo_data_input_is_the_one_that_is_not_an_initializer() -> None:
