@@ -193,12 +193,11 @@ def audit_counts(session: Session, tenant_id: str) -> dict[str, int]:
     """Audits by the status the API shows: `running` only while one of its shards is leased
     (issue 10: /metrics said running 12 while 11 of them waited).
 
-    Audits are never deleted: an audit of a deleted model stays in the history (and in
-    GET /v1/audits), so it is counted; deleted models and datasets are not."""
+    The audits GET /v1/audits lists: one deleted through DELETE /v1/audits/{id} is not
+    counted, while an audit of a deleted model stays in the history and is."""
     status = shown_status()
+    live = (Audit.tenant_id == tenant_id, Audit.deleted_at.is_(None))
     return {
         str(k): int(v)
-        for k, v in session.execute(
-            select(status, func.count()).where(Audit.tenant_id == tenant_id).group_by(status)
-        ).all()
+        for k, v in session.execute(select(status, func.count()).where(*live).group_by(status))
     }

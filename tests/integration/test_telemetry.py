@@ -92,6 +92,31 @@ def test_metrics_read_the_database_and_the_broker_at_scrape_time(
     assert latency_count(samples, "/metrics") == 1  # the first scrape, timed
 
 
+def test_a_deleted_audit_leaves_the_counts_and_an_audit_of_a_deleted_model_stays(
+    client: FlaskClient, auth: dict[str, str], db_session: Session
+) -> None:
+    model = upload_model(client, auth, cnn_bytes()).get_json()["id"]
+    dataset = upload_dataset(client, auth, digits_npz()).get_json()["id"]
+    ids = [
+        client.post(
+            "/v1/audits",
+            json={"model_id": model, "dataset_id": dataset, "config": {"max_samples": n}},
+            headers=auth,
+        ).get_json()["id"]
+        for n in (4, 5)
+    ]
+    db_session.execute(update(Audit).where(Audit.id.in_(ids)).values(status="succeeded"))
+    db_session.commit()
+    succeeded = ("robaudit_audits", (("status", "succeeded"),))
+    assert scrape(client, auth)[succeeded] == 2
+
+    assert client.delete(f"/v1/audits/{ids[0]}", headers=auth).status_code == 204
+    assert client.delete(f"/v1/models/{model}", headers=auth).status_code == 204
+    samples = scrape(client, auth)
+    assert samples[succeeded] == 1  # the one GET /v1/audits still lists
+    assert samples[("robaudit_models", ())] == 0
+
+
 def test_each_app_has_its_own_registry(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:
