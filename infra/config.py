@@ -144,6 +144,13 @@ class Settings(BaseSettings):
         min_length=32,
         description="signs the web UI's session cookie; set the same value on every API host",
     )
+    session_cookie_secure: Annotated[
+        bool, Env("ROBAUDIT_SESSION_COOKIE_SECURE", allowed="`true` or `false`")
+    ] = Field(
+        False,
+        description="send the web UI's session cookie over HTTPS only; `true` wherever the UI "
+        "is served behind TLS (`false` lets `make demo`'s plain-HTTP UI sign in)",
+    )
     failpoint_dir: Annotated[Path | None, Env("ROBAUDIT_FAILPOINT_DIR", default="unset")] = Field(
         None,
         description="fault tests only: a marker file here kills the worker at that point "
@@ -379,5 +386,14 @@ def _explain(exc: ValidationError, environ: Mapping[str, str]) -> str:
             lines.append(error["msg"])
             continue
         why = f" ({error['msg']})" if error["type"] == "value_error" else ""
-        lines.append(f"{env.name}={environ.get(env.name)!r}: expected {allowed(field)}{why}")
+        shown = _shown(field, environ.get(env.name, ""))
+        lines.append(f"{env.name}={shown}: expected {allowed(field)}{why}")
     return "bad environment:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _shown(field: FieldInfo, raw: str) -> str:
+    """A bad value as the error may print it: start-up errors reach logs and CI output, so a
+    secret is never echoed, nor a URL's password."""
+    if SecretStr in _types(field.annotation):
+        return f"<hidden, {len(raw)} characters>"
+    return repr(re.sub(r"([^/@:]*:)[^/@]*@", r"\1***@", raw))

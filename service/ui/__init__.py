@@ -24,6 +24,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_NAME="robaudit_session",
+        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
     )
     app.register_blueprint(bp)
     app.add_url_rule("/", "ui_home", _home)

@@ -60,12 +60,23 @@ def test_pages_need_a_session_and_sign_in_checks_the_key(
     cookie = ok.headers["Set-Cookie"]
     assert "HttpOnly" in cookie
     assert "SameSite=Strict" in cookie
+    assert "Secure" not in cookie  # the default, so that the demo's plain-HTTP UI signs in
     assert bearer_key(auth) not in cookie
     assert client.get("/ui/audits").status_code == 200
     assert client.post("/ui/signout").status_code == 400  # no CSRF token: refused
     db_session.execute(update(ApiKey).values(revoked_at=utcnow()))
     db_session.commit()
     assert client.get("/ui/audits").status_code == 302  # a revoked key signs the session out
+
+
+def test_behind_tls_the_session_cookie_is_secure(settings: Settings, db_session: Session) -> None:
+    from tests.integration.test_budgets import app_client
+
+    auth = tenant_headers(db_session, "acme")
+    with app_client(settings.with_overrides(session_cookie_secure=True), db_session) as client:
+        data = {"api_key": bearer_key(auth), "csrf": csrf(client)}
+        cookie = client.post("/ui/signin", data=data).headers["Set-Cookie"]
+    assert "; Secure" in cookie
 
 
 def test_hostile_names_are_shown_as_text_and_headers_are_strict(

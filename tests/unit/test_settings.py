@@ -108,6 +108,25 @@ def test_the_api_key_is_not_printed() -> None:
     assert settings.api_key.get_secret_value() == "k-secret"
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "shown"),
+    [
+        ("ROBAUDIT_SECRET_KEY", "hunter2-but-too-short", "<hidden, 21 characters>"),
+        (
+            "DATABASE_URL",
+            "postgresql//app:hunter2@db/robaudit",
+            "'postgresql//app:***@db/robaudit'",
+        ),
+        ("REDIS_URL", "http://:hunter2@cache:6379/0", "'http://:***@cache:6379/0'"),
+    ],
+)
+def test_a_bad_secret_is_named_but_never_echoed(variable: str, value: str, shown: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({variable: value})
+    assert f"{variable}={shown}: expected" in str(caught.value)
+    assert "hunter2" not in str(caught.value)  # start-up errors reach logs and CI output
+
+
 def test_every_setting_has_one_variable_and_a_description() -> None:
     fields = Settings.model_fields
     without = {name for name, field in fields.items() if env_of(field) is None}
