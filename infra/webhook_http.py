@@ -77,12 +77,35 @@ def resolve(host: str, port: int, *, block_private: bool) -> str:
         addresses.append(address)
     if block_private:
         for address in addresses:
-            if not address.is_global or address.is_multicast:
+            if not _public(address):
                 raise RefusedUrl(
-                    f"{host} resolves to {address}, which is not a public address "
-                    "(ROBAUDIT_WEBHOOK_BLOCK_PRIVATE)"
+                    f"{host} resolves to {address}, which is not a public address ({_SETTING})"
                 )
     return str(addresses[0])
+
+
+def check_literal_host(url: str) -> None:
+    """Refuse, without a DNS lookup, a URL whose host is a non-public IP literal or
+    `localhost`: what `resolve` would refuse at every attempt, said once, when the endpoint
+    is created. Names are looked up only when sending, from the worker's network."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        raise RefusedUrl(f"{host} is this machine, not a public address ({_SETTING})")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    if not _public(address):
+        raise RefusedUrl(f"{host} is not a public address ({_SETTING})")
+
+
+_SETTING = "ROBAUDIT_WEBHOOK_BLOCK_PRIVATE"
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
 
 
 def post(

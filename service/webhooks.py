@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from infra.persistence.models import WebhookDelivery, WebhookEndpoint, utcnow
 from infra.queue import DELIVER_WEBHOOK
-from infra.webhook_http import MAX_URL_CHARS, RefusedUrl, check_url
+from infra.webhook_http import MAX_URL_CHARS, RefusedUrl, check_literal_host, check_url
 from infra.webhooks import enqueue, new_secret
 from service.catalog import live_row
 from service.errors import Unprocessable
@@ -119,7 +119,14 @@ def delivery_json(row: WebhookDelivery) -> dict[str, Any]:
 MAX_ENDPOINTS = 20  # per tenant: every ended audit costs one delivery per endpoint
 
 
-def create_endpoint(*, session: Session, tenant_id: str, body: WebhookCreate) -> WebhookEndpoint:
+def create_endpoint(
+    *, session: Session, tenant_id: str, body: WebhookCreate, block_private: bool
+) -> WebhookEndpoint:
+    if block_private:
+        try:
+            check_literal_host(body.url)
+        except RefusedUrl as exc:
+            raise Unprocessable(f"url: {exc}") from None
     live = session.scalars(
         select(WebhookEndpoint.id).where(
             WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.deleted_at.is_(None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response
 
-from service.api.common import BAD_CURSOR, blueprint, json_response
+from service.api.common import BAD_CURSOR, blueprint, json_response, settings
 from service.auth import tenant_id
 from service.db import db
 from service.schemas import ListQuery
@@ -36,11 +36,21 @@ bp = blueprint(
 @bp.post(
     "",
     responses={201: WebhookCreated},
-    description="The answer holds the endpoint's signing `secret`; it is not shown again.",
+    description=(
+        "The answer holds the endpoint's signing `secret`; it is not shown again.\n\n"
+        "A URL whose host is a loopback, private or link-local address, or `localhost`, "
+        "answers 422 unless the deployment allows private addresses; a name is checked "
+        "each time a delivery is sent."
+    ),
 )
 def create_webhook(body: WebhookCreate) -> Response:
     """Add a webhook endpoint."""
-    row = create_endpoint(session=db.session, tenant_id=tenant_id(), body=body)
+    row = create_endpoint(
+        session=db.session,
+        tenant_id=tenant_id(),
+        body=body,
+        block_private=settings().webhook_block_private,
+    )
     db.session.commit()
     created = WebhookCreated.model_validate({**endpoint_json(row), "secret": row.secret})
     return json_response(created, 201)

@@ -23,6 +23,7 @@ from robaudit.client import verify_signature
 from tests.factories.api import tenant_headers, upload_dataset, upload_model
 from tests.factories.receiver import receiver
 from tests.integration.test_api import cnn_bytes, digits_npz
+from tests.integration.test_budgets import override
 from tests.integration.test_history import fake_result, finished_audit
 
 # Nothing here depends on the database's dialect: PostgreSQL, where workers run in production.
@@ -56,6 +57,11 @@ def _deliver_until_settled(db: Session, settings: Settings, delivery_id: str) ->
         ("http:///nohost", "has no host"),
         ("https://example.com/" + "a" * 2000, "at most 2000"),
         ("http://example.com:99999/", "does not parse"),
+        # non-public literals, refused without DNS (names are checked at each send)
+        ("http://127.0.0.1:8080/hook", "127.0.0.1 is not a public address"),
+        ("http://[::ffff:10.0.0.7]/", "::ffff:10.0.0.7 is not a public address"),
+        ("http://169.254.169.254/latest/", "is not a public address"),
+        ("http://api.localhost./x", "api.localhost is this machine"),
     ],
 )
 def test_hostile_urls_are_refused_with_what_to_fix(
@@ -64,6 +70,14 @@ def test_hostile_urls_are_refused_with_what_to_fix(
     resp = client.post("/v1/webhooks", json={"url": url}, headers=auth)
     assert resp.status_code == 422
     assert detail in resp.get_json()["detail"]
+
+
+def test_where_private_addresses_are_allowed_a_loopback_endpoint_is_kept(
+    client: FlaskClient, auth: dict[str, str], settings: Settings
+) -> None:
+    override(client, settings, webhook_block_private=False)
+    resp = client.post("/v1/webhooks", json={"url": "http://127.0.0.1:8080/"}, headers=auth)
+    assert resp.status_code == 201
 
 
 def test_endpoints_are_per_tenant_and_the_secret_is_shown_once(
@@ -91,6 +105,7 @@ def test_a_receiver_failing_twice_gets_three_signed_attempts_all_logged(
     client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
 ) -> None:
     settings = settings.with_overrides(webhook_block_private=False, webhook_backoff_s=0.05)
+    override(client, settings)  # the API, too, keeps a loopback endpoint
     with receiver([(500, {}, b"down"), (503, {}, b"")]) as hook:
         created = client.post("/v1/webhooks", json={"url": hook.url}, headers=auth).get_json()
         audit_id = _ended_audit(client, auth, db_session)
@@ -138,8 +153,9 @@ def test_redirects_big_answers_and_loopback_are_not_followed(
     )
     huge = b"x" * (4 * MAX_ANSWER_BYTES)
     answers = [(302, {"Location": "http://169.254.169.254/"}, b""), (500, {}, huge)]
+    override(client, open_settings)  # the API, too, keeps a loopback endpoint
     with receiver(answers) as hook:
-        client.post("/v1/webhooks", json={"url": hook.url}, headers=auth)
+        assert client.post("/v1/webhooks", json={"url": hook.url}, headers=auth).status_code == 201
         _ended_audit(client, auth, db_session)
         # Ended where no worker enqueued it (e.g. cancelled through the API): the sweeper's
         # catch-up writes the delivery, and it is due for sending.
