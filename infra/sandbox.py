@@ -193,11 +193,12 @@ class Sandbox:
         """Whether a live, set-up child already reads exactly these paths (its caches hold)."""
         return self.alive and self._set_up and _resolved(readable) == self._readable
 
-    def prestart(self, preload: str) -> None:
-        """Start a spare child now: it runs `preload` (trusted imports) in its clean
-        environment, then waits for its first call, which sets its limits and paths."""
+    def prestart(self, preload: str, payload: dict[str, Any] | None = None) -> None:
+        """Start a spare child now: it runs `preload(payload)` (trusted imports) in its clean
+        environment, then waits for its first call, which sets its limits and paths. The
+        payload carries what the child cannot read from that environment (the device)."""
         if self._proc is None:
-            self._spawn(preload)
+            self._spawn(preload, payload or {})
 
     def wait_preloaded(self, timeout_s: float = START_WALL_S) -> float | None:
         """Seconds the spare's preload took, once it is done; None if it died, overran or was
@@ -230,7 +231,7 @@ class Sandbox:
         self._proc, self._requests, self._log, self._workdir = None, None, None, None
         self._responses, self._set_up = -1, False
 
-    def _spawn(self, preload: str | None) -> None:
+    def _spawn(self, preload: str | None, payload: dict[str, Any] | None = None) -> None:
         workdir = Path(tempfile.mkdtemp(prefix="robaudit-sandbox-", dir=self.base_dir))
         self._code = link_project(workdir / ".code")
         self._library_path = library_path()
@@ -250,7 +251,7 @@ class Sandbox:
             OPENBLAS_NUM_THREADS=threads,
         )
         argv = [sys.executable, "-s", "-m", "infra.sandbox_child", str(req_r), str(resp_w)]
-        argv += [str(os.getpid()), *([preload] if preload else [])]
+        argv += [str(os.getpid()), *([preload, json.dumps(payload or {})] if preload else [])]
         self._proc = subprocess.Popen(
             argv,
             cwd=workdir,

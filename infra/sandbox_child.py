@@ -132,12 +132,12 @@ def _serve(requests: IO[bytes], responses: IO[bytes]) -> None:
             send({"type": "error", "kind": type(exc).__name__, "message": str(exc)[:4000]})
 
 
-def _preload(target: str) -> None:
+def _preload(target: str, payload: dict[str, Any]) -> None:
     """Trusted warm-up before any request: import what the targets will need. The marker in
     the working directory tells the parent it is done without a read of the response pipe,
     which the first call owns."""
     started = time.monotonic()
-    _resolve(target)({}, lambda _event: None)
+    _resolve(target)(payload, lambda _event: None)
     Path(PRELOADED).write_text(f"{time.monotonic() - started:.3f}")
 
 
@@ -145,8 +145,8 @@ def main(argv: list[str]) -> int:
     requests = os.fdopen(int(argv[1]), "rb")
     responses = os.fdopen(int(argv[2]), "wb")
     _die_with_parent(int(argv[3]))
-    if len(argv) > 4:
-        _preload(argv[4])
+    if len(argv) > 5:
+        _preload(argv[4], json.loads(argv[5]))
     first = requests.readline()
     if not first:
         return 0  # the parent closed a spare it did not need

@@ -18,6 +18,18 @@ def echo(payload: dict[str, Any], emit: Emit) -> Any:
     return {"echo": payload, "pid": os.getpid(), "cwd": os.getcwd(), "env": dict(os.environ)}
 
 
+_PRELOADED: dict[str, Any] = {}
+
+
+def remember(payload: dict[str, Any], _emit: Emit) -> Any:
+    """A preload target: keeps what the parent passed, for `recall` to return."""
+    _PRELOADED.update(payload)
+
+
+def recall(_payload: dict[str, Any], _emit: Emit) -> Any:
+    return _PRELOADED
+
+
 def fail(payload: dict[str, Any], _emit: Emit) -> Any:
     raise ValueError(payload["message"])
 

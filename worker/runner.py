@@ -48,9 +48,13 @@ def _cuda() -> bool:
     """Whether shards run on CUDA: ROBAUDIT_DEVICE, or (unset) a GPU that torch sees, as the
     payload's device is chosen (worker/sandboxed.py). Unset on a GPU host, the cap used to
     stay on, and under it CUDA does not start (tests/gpu/test_cuda_sandbox.py, on an H200)."""
+    return _device_name().startswith("cuda")
+
+
+def _device_name() -> str:
     from worker.sandboxed import device  # torch: the worker imports it for the payload anyway
 
-    return device().type == "cuda"
+    return str(device())
 
 
 def limits(settings: Settings, *, wall_seconds: float, threads: int) -> Limits:
@@ -125,7 +129,9 @@ def prestart(threads: int) -> None:
         if _spare is not None:
             _spare.close()  # killed while it waited
         _spare = Sandbox(Limits(threads=threads))
-        _spare.prestart(PRELOAD)
+        # The child's environment has no ROBAUDIT_DEVICE: without it, a CPU worker's spare on
+        # a GPU host would start CUDA before its first call caps its address space.
+        _spare.prestart(PRELOAD, {"device": _device_name()})
         spare = _spare
     seconds = spare.wait_preloaded()
     if seconds is None:

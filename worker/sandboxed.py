@@ -39,13 +39,18 @@ def device() -> torch.device:
     return torch.device(name) if name else loading.default_device()
 
 
+def payload_device(payload: dict[str, Any]) -> torch.device:
+    """The device the parent chose (the child's environment has no ROBAUDIT_DEVICE)."""
+    return torch.device(payload["device"]) if payload.get("device") else device()
+
+
 def _use_threads(payload: dict[str, Any]) -> None:
     threads = payload.get("threads")
     if threads and torch.get_num_threads() != int(threads):
         torch.set_num_threads(int(threads))
 
 
-def preload(_payload: dict[str, Any], _emit: Emit) -> None:
+def preload(payload: dict[str, Any], _emit: Emit) -> None:
     """A spare child's warm-up (infra/sandbox_child.py), before any upload is read: the
     modules a shard imports lazily (the converters alone pull in torchvision and
     torch._dynamo: 1.9 s here), and one load of a tiny built-in graph, which also warms
@@ -56,7 +61,8 @@ def preload(_payload: dict[str, Any], _emit: Emit) -> None:
     import onnxruntime  # noqa: F401
     import onnxslim  # noqa: F401
 
-    loading.load(_tiny_graph(), np.zeros((2, 4), np.float32), output=None, device=device())
+    dev = payload_device(payload)
+    loading.load(_tiny_graph(), np.zeros((2, 4), np.float32), output=None, device=dev)
 
 
 def _tiny_graph() -> bytes:
@@ -76,7 +82,7 @@ def _tiny_graph() -> bytes:
 def run_shard(payload: dict[str, Any], emit: Emit) -> dict[str, Any]:
     """The engine on samples [start, stop) of the dataset; emits progress once per batch."""
     _use_threads(payload)
-    dev = torch.device(payload["device"]) if payload.get("device") else device()
+    dev = payload_device(payload)
     start, stop = int(payload["start"]), int(payload["stop"])
     config = AuditConfig.from_stored(payload["config"])
     spec = spec_from_config(config, payload["input_range"])
@@ -148,7 +154,7 @@ def inspect_model(payload: dict[str, Any], _emit: Emit) -> dict[str, Any]:
     """The `backends` status of a model from a parity check on inputs drawn from its range."""
     _use_threads(payload)
     probe = loading.uniform_probe(payload["shape"], payload["input_range"])
-    dev = torch.device(payload["device"]) if payload.get("device") else device()
+    dev = payload_device(payload)
     loaded = loading.load(
         Path(payload["model_path"]).read_bytes(),
         probe,

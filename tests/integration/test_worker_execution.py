@@ -404,6 +404,27 @@ def test_a_graph_that_allocates_from_its_input_shape_hits_the_memory_limit(
     assert run(db_session, limited, fine).status == "succeeded"
 
 
+def test_the_spare_child_warms_up_on_the_device_the_worker_runs_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The child's environment has no ROBAUDIT_DEVICE, so the worker passes its device: a
+    CPU worker's spare on a GPU host must not start CUDA before its memory cap is set. Here
+    a device this host lacks proves the worker's choice reaches the warm-up."""
+    from worker import runner
+
+    runner.close()
+    try:
+        for device, warmed in (("cpu", True), ("cuda:99", False)):
+            monkeypatch.setenv("ROBAUDIT_DEVICE", device)
+            runner.prestart(1)
+            spare = runner._spare
+            assert spare is not None
+            assert (spare.wait_preloaded(timeout_s=1) is not None) is warmed, device
+            runner.close()
+    finally:
+        runner.close()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _end_the_sandbox() -> Iterator[None]:
     """The worker keeps its sandbox child between calls; a test module ends it."""

@@ -185,6 +185,10 @@ def test_a_prestarted_spare_gets_its_limits_and_paths_only_with_its_first_call(
         with pytest.raises(LimitExceeded) as hit:
             spare.call(T + "allocate", {"mib": 2048}, readable=[given])
         assert hit.value.limit == "memory"
+    with Sandbox(LIMITS) as spare:
+        spare.prestart(T + "remember", {"device": "cpu"})  # the parent's choice, not the env's
+        assert spare.wait_preloaded() is not None
+        assert spare.call(T + "recall", {}) == {"device": "cpu"}
     unused = Sandbox(LIMITS)
     unused.prestart(T + "echo")
     workdir = Path(f"/proc/{unused.pid}/cwd").resolve()
