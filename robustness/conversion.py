@@ -10,6 +10,7 @@ import onnx
 import torch
 
 from robustness.backends.torch_backend import CONVERTERS, TorchBackend, fold_constants, parity
+from robustness.errors import device_error
 from robustness.onnx_fusion import FUSING_CONVERTERS
 from robustness.onnx_fusion import fuse as fuse_patterns
 
@@ -99,6 +100,8 @@ def _convert(
         )
         got = candidate.raw_outputs(torch.from_numpy(probe)).cpu().numpy()
     except Exception as exc:
+        if device_error(type(exc).__name__, str(exc)):
+            raise  # a failing GPU must not silently turn an audit into finite differences
         return None, BackendStatus(ok=False, reason=f"conversion failed: {str(exc)[:300]}")
     if got.shape != reference.shape:
         return None, BackendStatus(

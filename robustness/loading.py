@@ -16,7 +16,7 @@ from robustness.backends.ort_backend import OrtBackend
 from robustness.backends.torch_backend import TorchBackend, parity
 from robustness.config import BackendKind
 from robustness.conversion import PARITY_RTOL, BackendStatus, try_torch
-from robustness.errors import AuditInputError, ModelRejected
+from robustness.errors import AuditInputError, ModelRejected, device_error
 from robustness.onnx_contrib import CONTRIB, contrib_ops, lower_contrib_ops
 from robustness.onnx_graph import ModelInfo, data_input, inspect, load_model_bytes, scores_graph
 from robustness.onnx_lowering import batchnorm_inference_mode, lower_ml_ops
@@ -126,6 +126,8 @@ def load(
     try:
         ort_backend, reference = session(graph)
     except Exception as exc:
+        if device_error(type(exc).__name__, str(exc)):
+            raise  # the accelerator's failure, not the model's
         raise ModelRejected(f"onnxruntime cannot run this model on the data: {exc}") from exc
     _check_scores(reference, info)
     statuses = {BackendKind.ONNXRUNTIME: BackendStatus(ok=True)}

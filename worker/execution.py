@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from infra.config import Settings
 from infra.persistence.models import Audit, AuditShard, AuditStatus, ShardStatus, utcnow
 from infra.storage import ArtifactStore
-from robustness.errors import AuditInputError, DatasetRejected, ModelRejected
+from robustness.errors import AuditInputError, DatasetRejected, ModelRejected, device_error
 from robustness.image_datasets import image_target
 from robustness.report import merge_results
 from robustness.results import AuditResult, Manifest, ReportFigures
@@ -328,6 +328,11 @@ def _ended(
     if isinstance(exc, runner.ChildRaised):
         if exc.kind in INPUT_ERRORS:
             return _fail(session, audit_id, exc.message)
+        if device_error(exc.kind, exc.message):  # the host's: retried, as a killed worker is
+            runner.discard_current()
+            error = f"the device failed: {exc.kind}: {exc.message}"[:1000]
+            leases.release_shard(session, claim.shard_id, worker, error)
+            return "retry"
         return _fail(session, audit_id, f"internal error in {label}: {exc.kind}: {exc.message}")
     if isinstance(exc, runner.ChildFailed) and exc.returncode != -signal.SIGKILL:
         # a segfault or abort is the model's doing, and it would do it again (SECURITY.md:

@@ -2,7 +2,8 @@
 
 The API sends the task once, best effort; the sweeper re-sends it for any model not yet
 inspected (infra/dispatch.py), so `inspected_at` is the outbox flag. A model whose
-inspection hits a sandbox limit or kills its child is marked failed, never re-sent.
+inspection hits a sandbox limit or kills its child is marked failed, never re-sent; one whose
+GPU failed is left for the sweeper to send again, up to Settings.max_shard_attempts.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from infra.config import Settings
 from infra.persistence.models import Model, utcnow
 from infra.storage import ArtifactStore
+from robustness.errors import device_error
 from worker import runner, sandboxed
 from worker.execution import INPUT_ERRORS
 from worker.threads import torch_threads
@@ -79,6 +81,11 @@ def inspect_model(
     except runner.LimitExceeded as exc:
         statuses = _both(False, f"refused: {exc}")
     except runner.ChildRaised as exc:
+        if exc.kind not in INPUT_ERRORS and device_error(exc.kind, exc.message):
+            # the host's failure: a fresh child next time, when the sweeper re-sends it
+            runner.discard_current()
+            session.commit()
+            return "retry"
         reason = exc.message if exc.kind in INPUT_ERRORS else f"{exc.kind}: {exc.message}"
         statuses = _both(False, reason)
     except runner.ChildFailed as exc:

@@ -102,6 +102,15 @@ def call(
         _arm_idle_timer(wanted)
 
 
+def discard_current() -> None:
+    """End the child that served the last call, so that the next call starts afresh: after a
+    device error, its CUDA context may stay broken for every later call."""
+    global _current
+    if _current is not None:
+        _current.close()
+        _current = None
+
+
 def _spawn_key(lim: Limits) -> Limits:
     """The limits a child is set up with; a spare matches any of them but its threads."""
     return replace(lim, cpu_seconds=0, wall_seconds=0)

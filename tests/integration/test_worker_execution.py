@@ -404,6 +404,50 @@ def test_a_graph_that_allocates_from_its_input_shape_hits_the_memory_limit(
     assert run(db_session, limited, fine).status == "succeeded"
 
 
+@ONE_DATABASE
+def test_a_device_failure_is_retried_in_a_fresh_child_not_blamed_on_the_model(
+    client: FlaskClient,
+    auth: dict[str, str],
+    db_session: Session,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GPU that fails (here: one this host lacks) is the host's fault, as a killed worker
+    is: the shard is tried again, each time in a new child, up to max_shard_attempts."""
+    from worker import runner
+
+    audit_id = queue_audit(client, auth, cnn_onnx(natural_cnn()), LIGHT)
+    two = settings.with_overrides(max_shard_attempts=2)
+    monkeypatch.setenv("ROBAUDIT_DEVICE", "cuda:99")
+    [position] = execution.plan_shards(db_session, audit_id, 512)
+    store, children = ArtifactStore(settings.artifact_dir), []
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(
+            execution.execute_shard(
+                session=db_session, store=store, settings=two, audit_id=audit_id,
+                position=position, worker="test-worker",
+            )
+        )  # fmt: skip
+        children.append(runner._current)
+    assert outcomes == ["retry", "retry", "failed"]
+    assert children[:2] == [None, None]  # each failed child was ended, not reused
+    audit = reload(db_session, audit_id)
+    assert audit.status == "failed"
+    assert audit.error is not None
+    assert "was tried 2 times and never finished; last time the device failed" in audit.error
+    assert "internal error" not in audit.error
+    # the model's inspection, too: left for the sweeper to re-send, the attempt counted
+    model = db_session.get(Model, audit.model_id)
+    assert model is not None
+    before = model.backends
+    assert inspection.inspect_model(
+        session=db_session, store=store, settings=two, model_id=audit.model_id
+    ) == "retry"  # fmt: skip
+    db_session.refresh(model)
+    assert (model.inspected_at, model.inspect_attempts, model.backends) == (None, 1, before)
+
+
 def test_the_spare_child_warms_up_on_the_device_the_worker_runs_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
