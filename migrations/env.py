@@ -1,12 +1,12 @@
-"""Alembic environment: the URL comes from the caller's config or DATABASE_URL."""
+"""Alembic environment: the URL comes from the caller's config, else from the settings
+(DATABASE_URL, or SQLite in ROBAUDIT_DATA_DIR, as the service itself would use)."""
 
 from __future__ import annotations
-
-import os
 
 from alembic import context
 from sqlalchemy import Connection
 
+from infra.config import Settings
 from infra.persistence.models import Base
 from infra.persistence.session import make_engine
 
@@ -30,9 +30,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    url = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL")
-    if not url:
-        raise RuntimeError("no database URL: set DATABASE_URL")
+    url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
     engine = make_engine(url)
     with engine.connect() as conn:
         _run(conn)

@@ -101,7 +101,7 @@ def test_dockerfile_environment_is_settings_the_code_accepts() -> None:
 
 # robaudit's own variables; OMP_NUM_THREADS and the like belong to libraries
 ENV_NAME = re.compile(r"^(ROBAUDIT_[A-Z0-9_]+|DATABASE_URL|REDIS_URL)$")
-PRODUCT = ("infra", "service", "worker", "robaudit", "robustness")
+PRODUCT = ("infra", "service", "worker", "robaudit", "robustness", "migrations")
 
 
 def environment_reads(source: str) -> list[str]:
