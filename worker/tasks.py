@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from infra.config import Settings
 from infra.dispatch import deferred_shards
 from infra.persistence.models import TERMINAL, Audit, AuditShard, utcnow
-from infra.queue import INSPECT_MODEL, RUN_AUDIT, RUN_SHARD
+from infra.queue import DELIVER_WEBHOOK, INSPECT_MODEL, RUN_AUDIT, RUN_SHARD
 from worker import execution, inspection, leases, runner
 from worker.base import RobauditTask
 from worker.celery_app import app
@@ -163,6 +163,7 @@ _LOG_CONTEXT = {
     RUN_AUDIT: ("audit_id",),
     RUN_SHARD: ("audit_id", "shard"),
     INSPECT_MODEL: ("model_id",),
+    DELIVER_WEBHOOK: ("delivery_id",),  # and its audit_id, once the row is read
 }
 
 

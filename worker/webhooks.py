@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+import structlog
 from celery import Celery
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from infra import webhooks
 from infra.config import Settings
+from infra.persistence.models import WebhookDelivery
 from infra.queue import DELIVER_WEBHOOK
 from worker.base import RobauditTask
 from worker.celery_app import app
@@ -57,6 +60,11 @@ def deliver_webhook(self: RobauditTask, delivery_id: str) -> str:
     A countdown longer than the broker's visibility timeout would have Redis hand the held
     message out again and again; such longer waits are left to the sweeper instead."""
     with self.session() as session:
+        audit_id = session.scalar(
+            select(WebhookDelivery.audit_id).where(WebhookDelivery.id == delivery_id)
+        )
+        if audit_id is not None:  # the lines of this delivery name its audit, as shards do
+            structlog.contextvars.bind_contextvars(audit_id=audit_id)
         outcome = webhooks.deliver(session, delivery_id, self.settings)
     if outcome.retry_in_s is not None and outcome.retry_in_s <= self.settings.stale_after_s:
         send(app, [delivery_id], countdown=outcome.retry_in_s)

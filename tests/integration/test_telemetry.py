@@ -16,7 +16,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from infra.config import Settings
-from infra.persistence.models import Audit, AuditShard, utcnow
+from infra.persistence.models import Audit, AuditShard, WebhookDelivery, utcnow
 from tests import services
 from tests.factories.api import upload_dataset, upload_model
 from tests.integration.test_api import cnn_bytes, digits_npz
@@ -193,3 +193,41 @@ def test_worker_log_lines_are_json_with_the_audit_and_shard(
     assert {x["logger"] for x in lines} >= {"worker.tasks", "celery.app.trace"}
     for line in lines:
         assert (line["audit_id"], line["shard"]) == (audit_id, 3)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no SQL of its own
+def test_a_webhook_deliverys_log_lines_name_it_and_its_audit(
+    client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The delivery task through Celery's tracer: its lines carry the delivery's id and the
+    audit it reports on, so one grep for an audit finds its webhooks too."""
+    from celery.signals import setup_logging
+
+    from infra import webhooks
+    from tests.integration.test_webhooks import _ended_audit
+    from worker import tasks  # noqa: F401  (its task_prerun signal binds the task's ids)
+    from worker.webhooks import deliver_webhook
+
+    client.post("/v1/webhooks", json={"url": "https://hooks.example/x"}, headers=auth)
+    audit_id = _ended_audit(client, auth, db_session)
+    [delivery_id] = webhooks.enqueue(db_session, audit_id)
+    # not due yet (as a second attempt's message can be): the task reads the row, skips it
+    db_session.execute(
+        update(WebhookDelivery).values(next_attempt_at=utcnow() + timedelta(hours=1))
+    )
+    db_session.commit()
+    monkeypatch.setattr(deliver_webhook, "settings", settings, raising=False)
+    # the test's session: its rows live in a transaction other connections do not see
+    monkeypatch.setattr(deliver_webhook, "_session_factory", lambda: db_session, raising=False)
+    setup_logging.send(sender=None, loglevel=logging.INFO, logfile=None, format="", colorize=False)
+    capsys.readouterr()
+    try:
+        assert deliver_webhook.apply(args=[delivery_id]).get() == "skipped"
+    finally:
+        structlog.contextvars.clear_contextvars()
+    lines = json_lines(capsys.readouterr().err)
+    assert all(line.get("delivery_id") == delivery_id for line in lines), lines
+    # "task started" comes before the row is read; every line after it names the audit
+    assert [x.get("audit_id") for x in lines][1:] == [audit_id] * (len(lines) - 1), lines
+    assert any(x["logger"] == "worker.webhooks" for x in lines)

@@ -34,7 +34,7 @@ def test_a_device_that_fails_is_not_reported_as_a_rejected_model() -> None:
     model", which would fail the audit as the model's fault instead of retrying it."""
     probe = np.zeros((2, 1, 8, 8), np.float32)
     assert load(mlp_onnx(), probe, device=torch.device("cpu")).info is not None
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(RuntimeError, match=r"NVIDIA|CUDA|device") as caught:
         load(mlp_onnx(), probe, device=torch.device("cuda:99"))
     assert not isinstance(caught.value, ModelRejected)
     assert device_error(type(caught.value).__name__, str(caught.value))
