@@ -1,5 +1,5 @@
-"""`latest:MODEL_NAME` as a baseline: the newest succeeded audit of that model name that
-measured with the candidate's threat model.
+"""`latest:MODEL_NAME` as a baseline: the newest succeeded, undeleted audit of that model name
+that measured with the candidate's threat model.
 
 "The same threat model" is robustness.compare.measured_differently, the rule every verdict
 uses (backend, search, norm, normalization, ε, search settings, dataset, preprocessing).
@@ -42,6 +42,7 @@ def resolve(session: Session, tenant_id: str, baseline: str, candidate_id: str) 
             Audit.tenant_id == tenant_id,
             Model.name == name,
             Audit.status == AuditStatus.SUCCEEDED.value,
+            Audit.deleted_at.is_(None),  # a deleted audit is never a baseline again
             Audit.dataset_id == candidate.dataset_id,
             Audit.id != candidate.id,
             Audit.created_at <= candidate.created_at,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from flask import current_app, jsonify, render_template, request, send_file
+from pydantic import ValidationError
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
@@ -143,6 +144,7 @@ def model_page(model_id: str) -> str:
     model = db.session.get(Model, model_id)
     if model is None or model.tenant_id != tenant_id():
         raise NotFound("model", model_id)  # deleted models keep their history: shown
+    # ...but not deleted audits: DELETE /v1/audits/{id} hides one everywhere, trends included
     versions = list(
         db.session.scalars(
             select(Model)
@@ -153,7 +155,7 @@ def model_page(model_id: str) -> str:
     history = list(
         db.session.scalars(
             select(Audit)
-            .where(Audit.model_id.in_([v.id for v in versions]))
+            .where(Audit.model_id.in_([v.id for v in versions]), Audit.deleted_at.is_(None))
             .order_by(Audit.created_at.desc())
             .limit(500)
         )
@@ -171,22 +173,17 @@ def model_page(model_id: str) -> str:
 @bp.get("/compare")
 def compare_page() -> str:
     """The verdict of each audit against the first (the baseline), as the release gate says."""
-    ids = [i.strip() for v in request.args.getlist("audits") for i in v.split(",") if i.strip()]
-    raw = request.args.get("max_increase", "")
-    default = CompareQuery.model_fields["max_increase"].default
-    try:
-        max_increase = float(raw) if raw else default
-    except ValueError:
-        raise Problem(400, "Bad Request", f"max_increase must be a number, not {raw!r}") from None
-    if not max_increase >= 0:
-        raise Problem(400, "Bad Request", "max_increase must be 0 or more (0.1: a 10% rise)")
+    query = _compare_query()
+    ids = [i.strip() for i in query.audits.split(",") if i.strip()]
     if request.args.get("baseline") == "oldest":  # ticked in a list: the oldest is the baseline
         created = {a.id: a.created_at for a in views.audits_by_id(db.session, ids)}
         ids.sort(key=lambda i: (created.get(i) is None, created.get(i) or 0, i))
     out = reports.compare_audits(
-        session=db.session, tenant_id=tenant_id(), audit_ids=ids, max_increase=max_increase
+        session=db.session, tenant_id=tenant_id(), audit_ids=ids, max_increase=query.max_increase
     )
-    rows = {a.id: views.audit_row(a) for a in views.audits_by_id(db.session, ids)}
+    # Keyed by the ids compared: `latest:NAME` is resolved to its audit's id in `out`.
+    compared = views.audits_by_id(db.session, [item.id for item in out.items])
+    rows = {a.id: views.audit_row(a) for a in compared}
     return render_template(
         "ui/compare.html",
         out=out,
@@ -194,3 +191,19 @@ def compare_page() -> str:
         chart=views.compare_chart(out, rows),
         ids=",".join(ids),
     )
+
+
+def _compare_query() -> CompareQuery:
+    """The page's query read as GET /v1/compare reads it (`max_increase` 0.1 or 10%, finite,
+    ≥ 0): one definition, so that a link works the same on both. Repeated `audits` (ticked
+    boxes) are one list. Bad input is a 400 page that says what to fix."""
+    fields = {"audits": ",".join(request.args.getlist("audits"))}
+    if raw := request.args.get("max_increase", ""):
+        fields["max_increase"] = raw
+    try:
+        return CompareQuery.model_validate(fields)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in error["loc"]) or "query"
+        detail = error["msg"].removeprefix("Value error, ")
+        raise Problem(400, "Bad Request", f"{where}: {detail}") from None

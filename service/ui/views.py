@@ -92,7 +92,8 @@ def _psi_note(e: EpsilonResult) -> str:
 
 
 def baseline_choices(session: Session, row: Audit) -> list[dict[str, Any]]:
-    """Other succeeded audits of this model's name (any version), newest first: baselines."""
+    """Other live succeeded audits of this model's name (any version), newest first:
+    baselines. A deleted one would only answer 404 on the compare page."""
     if row.status != AuditStatus.SUCCEEDED.value:
         return []
     rows = session.scalars(
@@ -102,6 +103,7 @@ def baseline_choices(session: Session, row: Audit) -> list[dict[str, Any]]:
             Audit.tenant_id == row.tenant_id,
             Model.name == row.model.name,
             Audit.status == AuditStatus.SUCCEEDED.value,
+            Audit.deleted_at.is_(None),
             Audit.id != row.id,
         )
         .order_by(Audit.created_at.desc())

@@ -136,13 +136,38 @@ def test_another_tenants_audit_and_bad_input_answer_clear_pages(
         "/ui/audits?created_after=yesterday": "YYYY-MM-DD",
         "/ui/audits?cursor=zzz": "cursor",
         f"/ui/compare?audits={audit}": "2 to 20",
-        "/ui/compare?audits=a,b&max_increase=lots": "max_increase must be a number",
-        "/ui/compare?audits=a,b&max_increase=-1": "0 or more",
+        "/ui/compare?audits=a,b&max_increase=lots": "a percentage like 10%",
+        "/ui/compare?audits=a,b&max_increase=-1": "(≥ 0)",
+        "/ui/compare?audits=a,b&max_increase=nan": "finite number",
     }
     for path, fragment in cases.items():
         resp = client.get(path)
         assert resp.status_code in (400, 404), path
         assert fragment in resp.get_data(as_text=True), path
+
+
+def test_compare_page_takes_what_the_api_takes(
+    client: FlaskClient, auth: dict[str, str], db_session: Session
+) -> None:
+    """`latest:NAME` and a percentage, as GET /v1/compare and the gate take them."""
+    ids = (
+        upload_model(client, auth, cnn_bytes(), name="digits").get_json()["id"],
+        upload_dataset(client, auth, digits_npz()).get_json()["id"],
+    )
+    base = finished_audit(client, auth, db_session, ids, 0, fake_result(0.010, 0.0005))
+    worse = finished_audit(client, auth, db_session, ids, 1, fake_result(0.015, 0.0005))
+    sign_in(client, bearer_key(auth))
+    resp = client.get(f"/ui/compare?audits=latest:digits,{worse}")
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    page = resp.get_data(as_text=True)
+    assert f'href="/ui/audits/{base}"' in page  # the baseline latest:digits resolved to
+    assert 'data-verdict="regressed"' in page  # ψ rose 50%, more than the default 10%
+    # 60% allows that rise; the form re-submits it as the fraction the API answers
+    resp = client.get(f"/ui/compare?audits={base},{worse}&max_increase=60%25")
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    page = resp.get_data(as_text=True)
+    assert 'data-verdict="regressed"' not in page
+    assert 'name="max_increase" value="0.6"' in page
 
 
 def test_the_session_secret_is_generated_once_or_taken_from_the_settings(
