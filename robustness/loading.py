@@ -12,7 +12,7 @@ import onnxruntime as ort
 import torch
 
 from robustness.backends.base import ScoreBackend
-from robustness.backends.ort_backend import OrtBackend
+from robustness.backends.ort_backend import DEFAULT_DIRECTIONS, OrtBackend
 from robustness.backends.torch_backend import TorchBackend, parity
 from robustness.config import BackendKind
 from robustness.conversion import PARITY_RTOL, BackendStatus, try_torch
@@ -95,7 +95,7 @@ def load(
     backend: BackendKind = BackendKind.AUTO,
     device: torch.device,
     seed: int = 0,
-    fd_directions: int = 64,
+    fd_directions: int = DEFAULT_DIRECTIONS,
     preprocessing: Preprocessing | None = None,
     fuse: bool = True,
 ) -> LoadedModel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -36,9 +37,14 @@ def discard_stdout() -> None:
 
 
 def parse_range(text: str) -> tuple[float, float]:
-    """`--input-range lo,hi`."""
+    """`--input-range lo,hi`: finite, lo < hi, as the API requires of `input_range`."""
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"--input-range takes two numbers 'lo,hi', not {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(
+            f"--input-range {text!r}: give the finite range the model's inputs lie in, "
+            "low before high (e.g. 0,1 or 0,255); ε is measured against it"
+        )
     return lo, hi

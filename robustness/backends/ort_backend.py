@@ -26,7 +26,7 @@ import onnx
 import torch
 
 from robustness.backends.base import to_scores
-from robustness.config import BackendKind, Norm
+from robustness.config import AuditConfig, BackendKind, Norm
 
 MAX_PERTURBED = 1 << 26
 # ψ of the default search on random-direction gradients over ψ on autograd's, measured on
@@ -35,6 +35,10 @@ MAX_PERTURBED = 1 << 26
 # used is the nearest q·576/d. Central differences measured 1.000 (≤ 256 features).
 MEASURED_FEATURES = 576
 MEASURED_NES_RATIO = {64: (0.28, 0.39), 256: (0.63, 0.75)}
+
+
+# The audit config's default, defined there once.
+DEFAULT_DIRECTIONS: int = AuditConfig.model_fields["fd_directions"].default
 
 
 class OrtBackend:
@@ -48,7 +52,7 @@ class OrtBackend:
         *,
         log_probabilities: bool,
         device: torch.device,
-        directions: int = 64,
+        directions: int = DEFAULT_DIRECTIONS,
         coordinate_limit: int = 256,
         fd_step: float = 1e-3,
         seed: int = 0,

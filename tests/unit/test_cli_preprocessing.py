@@ -49,6 +49,8 @@ def test_check_and_run_take_preprocessing_flags_and_state_eps_in_pixels(
         (["--mean", "0.5", "0.5", "0.5"], "give mean and std together"),
         (["--scale", "255", "--input-range", "0,1"], "contradicts preprocessing scale 255"),
         (["--mean", "nan", "0", "0", "--std", "1", "1", "1"], "--mean"),
+        (["--input-range", "0,inf"], "give the finite range"),
+        (["--input-range", "1,0"], "low before high"),
     ],
 )
 def test_bad_preprocessing_flags_exit_2_saying_what_to_fix(
