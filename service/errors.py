@@ -54,6 +54,21 @@ def validation_problem(exc: ValidationError) -> Response:
     return problem_response(422, "Unprocessable Content", f"{where}: {first['msg']}", errors=errors)
 
 
+# The UI sets this to its HTML error page (service/ui): a person in a browser gets a page.
+PAGE_ERROR = "robaudit.page_error"
+
+
+def _answer(app: Flask, status: int, title: str, detail: str) -> Response:
+    """problem+json, or the UI's error page for a browser's request under /ui/ (a mistyped
+    page, a wrong method, the database down). A script's fetch (Accept */*) keeps JSON."""
+    page = app.extensions.get(PAGE_ERROR)
+    wants_page = request.accept_mimetypes.best_match([PROBLEM, "text/html"]) == "text/html"
+    if page is not None and wants_page and request.path.startswith("/ui/"):
+        response: Response = page(status, detail)
+        return response
+    return problem_response(status, title, detail)
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(Problem)
     def _problem(exc: Problem) -> Response:
@@ -72,7 +87,7 @@ def register(app: Flask) -> None:
         if status == 413:
             limit = request.max_content_length
             detail = f"the request body exceeds the limit of {limit} bytes"
-        response = problem_response(status, exc.name, detail)
+        response = _answer(app, status, exc.name, detail)
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # RFC 9110 requires it
         return response
@@ -80,8 +95,8 @@ def register(app: Flask) -> None:
     @app.errorhandler(OperationalError)
     def _database_down(exc: OperationalError) -> Response:
         app.logger.warning("database unreachable: %s", type(exc.orig).__name__)
-        response = problem_response(
-            503, "Service Unavailable", "the database is unreachable; retry in a few seconds"
+        response = _answer(
+            app, 503, "Service Unavailable", "the database is unreachable; retry in a few seconds"
         )
         response.headers["Retry-After"] = "5"
         return response
@@ -89,4 +104,4 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         app.logger.exception("unhandled error")
-        return problem_response(500, "Internal Server Error", "an unexpected error occurred")
+        return _answer(app, 500, "Internal Server Error", "an unexpected error occurred")

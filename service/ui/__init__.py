@@ -10,6 +10,7 @@ from flask import Flask, redirect, url_for
 from werkzeug.wrappers import Response
 
 from infra.config import Settings
+from service.errors import PAGE_ERROR
 from service.ui import pages, session
 from service.ui.blueprint import bp
 
@@ -28,6 +29,8 @@ def init_app(app: Flask, settings: Settings) -> None:
     )
     app.register_blueprint(bp)
     app.add_url_rule("/", "ui_home", _home)
+    # errors the blueprint never sees (no route matched, the database down) as pages too
+    app.extensions[PAGE_ERROR] = session.page_error
 
 
 def _home() -> Response:

@@ -146,6 +146,22 @@ def test_another_tenants_audit_and_bad_input_answer_clear_pages(
         assert fragment in resp.get_data(as_text=True), path
 
 
+def test_errors_no_route_sees_are_pages_for_a_browser_and_json_for_a_script(
+    client: FlaskClient,
+) -> None:
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    mistyped = client.get("/ui/audit", headers=browser)  # matches no route: the app's handler
+    assert (mistyped.status_code, mistyped.mimetype) == (404, "text/html")
+    assert "<html" in mistyped.get_data(as_text=True)
+    wrong = client.delete("/ui/audits", headers=browser)
+    assert (wrong.status_code, wrong.mimetype) == (405, "text/html")
+    assert "GET" in wrong.headers["Allow"]
+    script = client.get("/ui/audit", headers={"Accept": "*/*"})  # the pages' own fetch()
+    assert (script.status_code, script.mimetype) == (404, "application/problem+json")
+    api = client.get("/v1/nowhere", headers=browser)  # the API stays problem+json
+    assert api.mimetype == "application/problem+json"
+
+
 def test_compare_page_takes_what_the_api_takes(
     client: FlaskClient, auth: dict[str, str], db_session: Session
 ) -> None:
