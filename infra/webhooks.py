@@ -152,6 +152,26 @@ def due(session: Session, settings: Settings, *, lateness: timedelta) -> list[st
     return list(ids)
 
 
+def take_overdue(session: Session, settings: Settings, *, lateness: timedelta) -> list[str]:
+    """The overdue deliveries (`due`), each made due from now: the sweeper re-sends one once
+    per `lateness`, not at every sweep while its message waits in a busy queue. A delivery
+    an attempt has just rescheduled is no longer overdue, so it keeps its backoff."""
+    ids = due(session, settings, lateness=lateness)
+    if ids:
+        now = utcnow()
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id.in_(ids),
+                WebhookDelivery.status == DeliveryStatus.PENDING.value,
+                WebhookDelivery.next_attempt_at <= now - lateness,
+            )
+            .values(next_attempt_at=now)
+        )
+        session.commit()
+    return ids
+
+
 @dataclass(frozen=True)
 class Outcome:
     state: str  # skipped, delivered, pending (retry later), failed

@@ -38,10 +38,11 @@ def notify_ended(session: Session, audit_id: str) -> None:
 
 def sweep(celery: Celery, session: Session, settings: Settings) -> list[str]:
     """Deliveries of audits that ended without them, and overdue ones whose message was
-    lost: a countdown message gets an attempt's timeout and a sweep's interval of grace."""
+    lost: a countdown message gets an attempt's timeout and a sweep's interval of grace,
+    and a re-sent one as much again before it is re-sent once more."""
     new = webhooks.catch_up(session)
     lateness = timedelta(seconds=settings.webhook_timeout_s + settings.sweep_interval_s)
-    overdue = webhooks.due(session, settings, lateness=lateness)
+    overdue = webhooks.take_overdue(session, settings, lateness=lateness)
     send(celery, [*new, *overdue])
     return [*new, *overdue]
 

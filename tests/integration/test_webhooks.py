@@ -181,3 +181,20 @@ def test_redirects_big_answers_and_loopback_are_not_followed(
         refusal = row.attempts_log[0]["error"]
         assert "not a public address (ROBAUDIT_WEBHOOK_BLOCK_PRIVATE)" in refusal
         assert len(hook.requests) == 2
+
+
+def test_an_overdue_delivery_is_re_sent_once_per_grace_period_not_every_sweep(
+    client: FlaskClient, auth: dict[str, str], db_session: Session, settings: Settings
+) -> None:
+    assert client.post("/v1/webhooks", json={"url": "https://ci.example/h"}, headers=auth)
+    [delivery_id] = webhooks.enqueue(db_session, _ended_audit(client, auth, db_session))
+    grace = timedelta(minutes=1)
+    db_session.execute(update(WebhookDelivery).values(next_attempt_at=utcnow() - 2 * grace))
+    db_session.commit()
+    assert webhooks.take_overdue(db_session, settings, lateness=grace) == [delivery_id]
+    # its message now waits in the queue: the next sweeps leave it alone
+    assert webhooks.take_overdue(db_session, settings, lateness=grace) == []
+    assert webhooks.due(db_session, settings, lateness=timedelta(0)) == [delivery_id]  # sendable
+    db_session.execute(update(WebhookDelivery).values(next_attempt_at=utcnow() - 2 * grace))
+    db_session.commit()
+    assert webhooks.take_overdue(db_session, settings, lateness=grace) == [delivery_id]  # lost
