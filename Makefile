@@ -58,14 +58,16 @@ test: $(STAMP) lint typecheck imports browser ## Lint, type-check, import contra
 	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist worksteal $(PYTEST_ARGS)
 
 # The web UI's tests drive Debian's own chromium through its chromedriver (never a downloaded
-# browser build). Installed here, as root, when missing; a no-op once present.
-browser: ## Install Debian's chromium and chromium-driver for the web UI tests, if missing
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
-		echo "installing chromium and chromium-driver (apt-get)"; \
+# browser build), and README's API recipe runs with curl and jq. Installed here, as root,
+# when missing; a no-op once present.
+browser: ## Install the Debian packages the tests drive (chromium, chromium-driver, curl, jq), if missing
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+		|| ! command -v curl >/dev/null || ! command -v jq >/dev/null; then \
+		echo "installing chromium, chromium-driver, curl and jq (apt-get)"; \
 		export DEBIAN_FRONTEND=noninteractive; \
 		$(SUDO) apt-get update -qq >/dev/null && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends \
-			chromium chromium-driver fonts-dejavu-core >/dev/null; \
+			chromium chromium-driver fonts-dejavu-core curl jq >/dev/null; \
 	fi
 
 lint: $(STAMP) ## ruff

@@ -1,9 +1,11 @@
-"""The audit `config` of api-v1.md, defined once: its enums, fields, defaults and bounds.
+"""The audit `config` of the API (`POST /v1/audits`), defined once: its enums, fields,
+defaults and bounds.
 
-The API request schema, the CLI flags and the worker all derive from :class:`AuditConfig`;
-the engine runs the resolved form, :class:`robustness.spec.AuditSpec`, built from it by
-``AuditSpec.from_config``. This module is a leaf (pydantic only), so the web layer can import
-it without torch, and every other core module can import its enums without a cycle.
+The API request schema, the CLI flags, README's table of fields (robustness/config_docs.py)
+and the worker all derive from :class:`AuditConfig`; the engine runs the resolved form,
+:class:`robustness.spec.AuditSpec`, built from it by :func:`robustness.spec.spec_from_config`.
+This module is a leaf (pydantic only), so the web layer can import it without torch, and every
+other core module can import its enums without a cycle.
 
 Walking the fields (for CLI flags or docs): ``AuditConfig.model_fields`` maps each name to a
 FieldInfo with ``annotation``, ``default`` (or ``default_factory``), ``description`` and the
@@ -28,7 +30,9 @@ class Norm(StrEnum):
 
 
 class LogitNormalization(StrEnum):
-    """How logits are rescaled before the softmax (metric.md: l2 removes re-parameterization)."""
+    """How logits are rescaled before the softmax. l2 divides them by their L2 norm, so the
+    metric does not change when a model's logits are rescaled (a re-parameterization that
+    leaves its predictions alone), and models of different architectures compare."""
 
     L2 = "l2"
     NONE = "none"
@@ -99,7 +103,8 @@ class AuditConfig(_Config):
     restarts: int = Field(1, ge=1, le=20, description="Independent restarts of the search")
     logit_normalization: LogitNormalization = Field(
         LogitNormalization.L2,
-        description="l2: logits scaled to unit L2 norm before the softmax (metric.md); none",
+        description="l2: logits scaled to unit L2 norm before the softmax, so that rescaling "
+        "a model's logits does not change the metric; none: the raw logits",
     )
     backend: BackendKind = Field(
         BackendKind.AUTO,

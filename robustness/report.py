@@ -1,4 +1,4 @@
-"""Shard results merged into one audit result, and the JSON of a result (api-v1.md)."""
+"""Shard results merged into one audit result, and the JSON of a result (the API's `result`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ Weighted = Callable[[Sequence[float | None]], float | None]
 
 
 def result_to_dict(result: AuditResult, *, include_per_sample: bool = True) -> dict[str, Any]:
-    """The audit `result` object (robaudit/cli.py's name for AuditResult.to_json)."""
+    """The audit `result` object as the API returns it: AuditResult.to_json as a function."""
     return result.to_json(include_per_sample=include_per_sample)
 
 

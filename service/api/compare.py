@@ -50,6 +50,10 @@ def compare_audits(query: CompareQuery) -> Response:
 
 @bp.get("/metrics", responses={200: METRICS})
 def metrics() -> Response:
-    """Prometheus metrics: this tenant's audits by status, and its models and datasets; the
-    service's queue depth and worker throughput; this API process's request latency."""
+    """Prometheus metrics for monitoring.
+
+    This tenant's audits by status, and its live models and datasets;
+    the service's queue depth and worker throughput;
+    this API process's request latency.
+    """
     return telemetry.metrics_response(session=db.session, tenant_id=tenant_id())

@@ -1,11 +1,13 @@
-"""The README's pipeline recipe and the CI examples in docs/examples/ run, line for line,
-under `bash -euo pipefail` against the real app on a real port: submit, wait, report, and
-gate against `latest:NAME`, leaving a JUnit file that CI uploads."""
+"""The README's recipes and the CI examples in docs/examples/ run, line for line, under
+`bash -euo pipefail` against the real app on a real port: the pipeline's submit, wait,
+report, and gate against `latest:NAME`, leaving a JUnit file that CI uploads; and the API's
+curl calls. (Every other shell block of the README is checked in tests/unit/test_readme.py.)"""
 
 from __future__ import annotations
 
+import json
 import os
-import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -16,17 +18,26 @@ import yaml
 from sqlalchemy.orm import Session
 
 from robaudit.cli import main
+from tests import services
 from tests.integration.test_cli_client import _succeed, env, on_disk  # noqa: F401 (fixtures)
+from tests.unit.test_readme import recipes
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
 MODEL_NAME = "digits-cnn"  # what the recipes audit under
 
 
-def readme_recipe() -> str:
-    text = (ROOT / "README.md").read_text()
-    [block] = re.findall(r"```sh\n(set -euo pipefail\n.*?)```", text, re.S)
-    return block
+def readme_recipes() -> dict[str, str]:
+    """README's whole scripts (the shell blocks that start with `set -euo pipefail`), by what
+    they show: each one must be run by a test here."""
+    found: dict[str, str] = {}
+    for block in recipes():
+        kind = "gate" if "robaudit gate" in block else "api" if "/v1/audits" in block else ""
+        assert kind, f"a README recipe that no test runs:\n{block}"
+        assert kind not in found, f"two README recipes of one kind:\n{block}"
+        found[kind] = block
+    assert found.keys() == {"gate", "api"}
+    return found
 
 
 def github_recipe() -> tuple[str, dict]:
@@ -81,7 +92,7 @@ def test_readme_and_ci_examples_gate_under_pipefail(
     # `latest:NAME` is the newest older audit measured alike: for the README's (the newest
     # audit) that is the CI examples' version, for theirs the seed-1 baseline.
     recipes = {
-        "README": (readme_recipe(), {}, versioned),
+        "README": (readme_recipes()["gate"], {}, versioned),
         "GitHub": (github, {"MODEL_NAME": github_env["MODEL_NAME"]}, baseline),
         "GitLab": (gitlab, {"MODEL_NAME": gitlab_vars["MODEL_NAME"]}, baseline),
     }
@@ -114,3 +125,32 @@ def test_readme_and_ci_examples_gate_under_pipefail(
         assert (tmp_path / "robustness.html").read_text().lstrip().lower().startswith("<!doctype")
         if where == "GitHub":
             assert outputs.read_text() == f"audit_id={versioned}\n"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_readme_api_recipe_under_pipefail(
+    env: dict[str, str],  # noqa: F811
+    on_disk: tuple[Path, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    if not (shutil.which("curl") and shutil.which("jq")):
+        services.unavailable("the README's API recipe runs curl and jq; install both")
+    # As after `robaudit up` in this folder: the key in its file, not in the environment.
+    (tmp_path / ".robaudit").mkdir()
+    (tmp_path / ".robaudit" / "dev-api-key").write_text(env["ROBAUDIT_API_KEY"] + "\n")
+    run_env = {k: v for k, v in os.environ.items() if k != "ROBAUDIT_API_KEY"}
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_recipes()["api"]],
+        cwd=tmp_path,  # model.onnx and holdout.npz, the names the recipe uploads
+        env={**run_env, "ROBAUDIT_URL": env["ROBAUDIT_URL"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    decoder = json.JSONDecoder()
+    audit, end = decoder.raw_decode(done.stdout)  # GET /v1/audits/$AUDIT_ID
+    listed, _ = decoder.raw_decode(done.stdout[end:].lstrip())  # the filtered history
+    assert audit["status"] == "queued"  # no worker runs in this test
+    assert audit["config"]["epsilons"] == [0.03, 0.06]
+    assert listed["items"] == []  # none of resnet's audits has succeeded
