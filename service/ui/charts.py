@@ -1,7 +1,9 @@
 """Line charts as inline SVG, drawn on the server: no script, no build step, prints sharply.
 
-Every text in a chart (series names, tick labels, tooltips) is escaped: model names and
-versions are user data.
+The geometry (scales, ticks, coordinates, bands, legend) is plain Python here; all markup is in
+templates/ui/_line_chart.html, rendered with autoescape on. Series names, tick labels, tooltips
+and titles are user data (model names and versions), so Jinja escapes every one of them: nothing
+here escapes text or marks it safe by hand.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from markupsafe import Markup, escape
+import jinja2
+from markupsafe import Markup
 
 WIDTH, HEIGHT = 640, 300
 LEFT, RIGHT, TOP, BOTTOM = 64, 20, 50, 52
@@ -44,6 +47,117 @@ class Axes:
     y_max: float | None = None
 
 
+@dataclass(frozen=True)
+class Frame:
+    """Fixed positions in SVG units: the canvas, the plot area's edges, where labels sit."""
+
+    width: int = WIDTH
+    height: int = HEIGHT
+    left: int = LEFT
+    right: int = WIDTH - RIGHT
+    top: int = TOP
+    bottom: int = HEIGHT - BOTTOM
+    title_y: int = 18
+    legend_y: int = 26  # a row under the title: it never covers the title or the lines
+    legend_text_y: int = 36
+    y_tick_label_x: int = LEFT - 6
+    x_tick_end: int = HEIGHT - BOTTOM + 4
+    x_tick_label_y: int = HEIGHT - BOTTOM + 17
+    x_name_x: float = (LEFT + WIDTH - RIGHT) / 2
+    x_name_y: int = HEIGHT - 10
+
+
+FRAME = Frame()
+
+
+@dataclass(frozen=True)
+class Tick:
+    at: float  # SVG y of a grid line, or SVG x of an x tick
+    label_at: float  # where its label's baseline (y axis) or centre (x axis) is
+    label: str
+
+
+@dataclass(frozen=True)
+class Marker:
+    cx: float
+    cy: float
+    note: str  # the tooltip, after the series' name
+    whisker: tuple[float, float] | None = None  # SVG y of lo and hi, where no band is drawn
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One series, drawn: its band and line (each only with two points or more), markers."""
+
+    name: str
+    colour: str
+    band: str | None  # polygon points: the upper edge left to right, the lower one back
+    path: str | None  # path data
+    markers: tuple[Marker, ...]
+
+
+@dataclass(frozen=True)
+class LegendEntry:
+    x: int
+    text_x: int
+    colour: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Chart:
+    """Everything the template draws, in SVG units; texts unescaped (the template escapes)."""
+
+    title: str
+    x_label: str
+    y_label: str
+    y_label_transform: str
+    y_ticks: tuple[Tick, ...]
+    x_ticks: tuple[Tick, ...]
+    traces: tuple[Trace, ...]
+    legend: tuple[LegendEntry, ...]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Data to SVG coordinates: x padded by 4% at each end, y clamped to the tick range."""
+
+    x_lo: float
+    x_hi: float
+    y_lo: float
+    y_hi: float
+
+    def x(self, value: float) -> float:
+        pad = 0.04 * (WIDTH - LEFT - RIGHT)
+        span = WIDTH - LEFT - RIGHT - 2 * pad
+        return LEFT + pad + (value - self.x_lo) / (self.x_hi - self.x_lo) * span
+
+    def y(self, value: float) -> float:
+        value = min(max(value, self.y_lo), self.y_hi)
+        span = HEIGHT - TOP - BOTTOM
+        return HEIGHT - BOTTOM - (value - self.y_lo) / (self.y_hi - self.y_lo) * span
+
+    def xy(self, x: float, y: float) -> str:
+        return f"{px(self.x(x))},{px(self.y(y))}"
+
+
+def px(value: float) -> str:
+    """A coordinate to one decimal: finer than a screen's pixel, and it keeps the SVG small."""
+    return f"{value:.1f}"
+
+
+# Autoescape on whatever the file is called: every text in a chart is data. PackageLoader rather
+# than Flask's env, so a chart renders outside a request too (unit tests, scripts).
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("service", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_TEMPLATES.filters["px"] = px
+
+
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     """Round tick values covering [lo, hi] (1, 2 or 5 times a power of ten apart)."""
     if not hi > lo:
@@ -64,9 +178,18 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 def line_chart(series: Sequence[Series], axes: Axes) -> Markup:
     """An SVG chart of the series (lines with markers and interval bands), with a legend."""
+    template = _TEMPLATES.get_template("ui/_line_chart.html")
+    chart = layout(series, axes)
+    # A rendered template module is Markup through the __html__ protocol (as `{% import %}`
+    # uses it): Jinja escaped every value, so nothing is wrapped in Markup() by hand.
+    return template.make_module({"chart": chart, "frame": FRAME}).__html__()
+
+
+def layout(series: Sequence[Series], axes: Axes) -> Chart | None:
+    """The chart's geometry; None when there is no point to draw."""
     points = [p for s in series for p in s.points]
     if not points:
-        return Markup('<p class="empty">No data to chart yet.</p>')
+        return None
     xs = [p.x for p in points] + [t[0] for t in axes.x_ticks]
     ys = [v for p in points for v in (p.y, p.lo, p.hi) if v is not None and math.isfinite(v)]
     y_ticks = nice_ticks(
@@ -79,124 +202,59 @@ def line_chart(series: Sequence[Series], axes: Axes) -> Markup:
     x_ticks = axes.x_ticks or tuple((t, f"{t:g}") for t in nice_ticks(x_lo, x_hi, 6))
     if not axes.x_ticks:
         x_lo, x_hi = min(x_lo, x_ticks[0][0]), max(x_hi, x_ticks[-1][0])
-    y_lo, y_hi = y_ticks[0], y_ticks[-1]
-
-    def sx(x: float) -> float:
-        pad = 0.04 * (WIDTH - LEFT - RIGHT)
-        return LEFT + pad + (x - x_lo) / (x_hi - x_lo) * (WIDTH - LEFT - RIGHT - 2 * pad)
-
-    def sy(y: float) -> float:
-        y = min(max(y, y_lo), y_hi)
-        return HEIGHT - BOTTOM - (y - y_lo) / (y_hi - y_lo) * (HEIGHT - TOP - BOTTOM)
-
-    parts = [
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-        f'xmlns="http://www.w3.org/2000/svg" font-family="system-ui, sans-serif" '
-        f'aria-label="{escape(axes.title)}">',
-        f"<title>{escape(axes.title)}</title>",
-        f'<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>',
-        f'<text x="{LEFT}" y="18" class="chart-title" font-size="14" font-weight="600" '
-        f'fill="#1b2430">{escape(axes.title)}</text>',
-    ]
-    parts.extend(_frame(axes, y_ticks, x_ticks, sx, sy))
-    for i, s in enumerate(series):
-        parts.extend(_series(s, COLOURS[i % len(COLOURS)], sx, sy, axes.y_format))
-    parts.extend(_legend(series))
-    parts.append("</svg>")
-    return Markup("".join(parts))  # noqa: S704 - every text above went through escape()
-
-
-def _frame(
-    axes: Axes,
-    y_ticks: list[float],
-    x_ticks: tuple[tuple[float, str], ...],
-    sx: Callable[[float], float],
-    sy: Callable[[float], float],
-) -> list[str]:
-    """Grid lines, ticks and their labels, the two axes and their names."""
-    out = []
-    for value in y_ticks:
-        y = sy(value)
-        out.append(
-            f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e7ed"/>'
-            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
-            f'fill="#4a5566">{escape(axes.y_format(value))}</text>'
-        )
-    for value, label in x_ticks:
-        x = sx(value)
-        out.append(
-            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM + 4}" '
-            f'stroke="#4a5566"/><text x="{x:.1f}" y="{HEIGHT - BOTTOM + 17}" text-anchor="middle" '
-            f'font-size="11" fill="#4a5566">{escape(_clip(label))}</text>'
-        )
-    out.append(
-        f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM}" '
-        f'stroke="#4a5566"/><line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" '
-        f'stroke="#4a5566"/>'
-        f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 10}" text-anchor="middle" '
-        f'font-size="12" fill="#1b2430">{escape(axes.x_label)}</text>' + _y_label(axes.y_label)
+    scale = Scale(x_lo, x_hi, y_ticks[0], y_ticks[-1])
+    return Chart(
+        title=axes.title,
+        x_label=axes.x_label,
+        y_label=axes.y_label,
+        y_label_transform=_y_label_transform(axes.y_label),
+        # A y tick label's baseline 4 below its grid line centres the 11px text on the line.
+        y_ticks=tuple(Tick(scale.y(v), scale.y(v) + 4, axes.y_format(v)) for v in y_ticks),
+        x_ticks=tuple(Tick(scale.x(v), scale.x(v), _clip(label)) for v, label in x_ticks),
+        traces=tuple(
+            _trace(s, COLOURS[i % len(COLOURS)], scale, axes.y_format) for i, s in enumerate(series)
+        ),
+        legend=_legend(series),
     )
-    return out
 
 
-def _series(
-    s: Series,
-    colour: str,
-    sx: Callable[[float], float],
-    sy: Callable[[float], float],
-    fmt: Callable[[float], str],
-) -> list[str]:
+def _trace(s: Series, colour: str, scale: Scale, fmt: Callable[[float], str]) -> Trace:
     pts = sorted((p for p in s.points if math.isfinite(p.y)), key=lambda p: p.x)
-    out = []
-    band = [p for p in pts if p.lo is not None and p.hi is not None]
-    if len(band) >= 2:
-        upper = [f"{sx(p.x):.1f},{sy(p.hi):.1f}" for p in band]  # type: ignore[arg-type]
-        lower = [f"{sx(p.x):.1f},{sy(p.lo):.1f}" for p in reversed(band)]  # type: ignore[arg-type]
-        out.append(
-            f'<polygon class="band" points="{" ".join(upper + lower)}" fill="{colour}" '
-            f'fill-opacity="0.15" stroke="none"/>'
-        )
-    if len(pts) >= 2:
-        path = "M" + " L".join(f"{sx(p.x):.1f},{sy(p.y):.1f}" for p in pts)
-        out.append(
-            f'<path class="line" d="{path}" fill="none" stroke="{colour}" stroke-width="2"/>'
-        )
+    band = [(p, p.lo, p.hi) for p in pts if p.lo is not None and p.hi is not None]
+    upper = [scale.xy(p.x, hi) for p, _, hi in band]
+    lower = [scale.xy(p.x, lo) for p, lo, _ in reversed(band)]
+    markers = []
     for p in pts:
-        note = p.note or fmt(p.y)
+        # A lone interval cannot be a band: it is drawn as a whisker through its marker.
+        whisker = None
         if p.lo is not None and p.hi is not None and len(band) < 2:
-            out.append(
-                f'<line x1="{sx(p.x):.1f}" x2="{sx(p.x):.1f}" y1="{sy(p.lo):.1f}" '
-                f'y2="{sy(p.hi):.1f}" stroke="{colour}" stroke-width="1.5"/>'
-            )
-        out.append(
-            f'<circle cx="{sx(p.x):.1f}" cy="{sy(p.y):.1f}" r="3.5" fill="{colour}">'
-            f"<title>{escape(s.name)}: {escape(note)}</title></circle>"
-        )
-    return out
+            whisker = (scale.y(p.lo), scale.y(p.hi))
+        markers.append(Marker(scale.x(p.x), scale.y(p.y), p.note or fmt(p.y), whisker))
+    return Trace(
+        name=s.name,
+        colour=colour,
+        band=" ".join(upper + lower) if len(band) >= 2 else None,
+        path="M" + " L".join(scale.xy(p.x, p.y) for p in pts) if len(pts) >= 2 else None,
+        markers=tuple(markers),
+    )
 
 
-def _legend(series: Sequence[Series]) -> list[str]:
-    """A row under the title, left to right: it never covers the title or the lines."""
+def _legend(series: Sequence[Series]) -> tuple[LegendEntry, ...]:
+    """A row under the title, left to right, each entry as wide as its (clipped) name."""
     out = []
     x = LEFT
     for i, s in enumerate(series):
         label = _clip(s.name, 32)
-        out.append(
-            f'<rect x="{x}" y="26" width="12" height="12" fill="{COLOURS[i % len(COLOURS)]}"/>'
-            f'<text x="{x + 16}" y="36" font-size="11" fill="#1b2430">{escape(label)}</text>'
-        )
+        out.append(LegendEntry(x, x + 16, COLOURS[i % len(COLOURS)], label))
         x += 32 + int(6 * len(label))
-    return out
+    return tuple(out)
 
 
-def _y_label(label: str) -> str:
+def _y_label_transform(label: str) -> str:
     """Beside the axis: upright when it is a symbol (ψ), else turned along the axis."""
     middle = (TOP + HEIGHT - BOTTOM) / 2
     turn = "" if len(label) <= 2 else " rotate(-90)"
-    return (
-        f'<text transform="translate(18 {middle}){turn}" text-anchor="middle" font-size="13" '
-        f'fill="#1b2430">{escape(label)}</text>'
-    )
+    return f"translate(18 {middle}){turn}"
 
 
 def _clip(text: str, limit: int = 16) -> str:
