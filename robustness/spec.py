@@ -1,18 +1,19 @@
 """The engine-ready audit: a config resolved against a model, plus the engine's own knobs.
 
-:class:`robustness.config.AuditConfig` is what a user asks for (api-v1.md); :class:`AuditSpec`
-is what :func:`robustness.engine.run_audit` runs: the same settings, flat and in tuples, with
-the model's input range and two knobs no user sets (`batch_size`, `random_probes`). Its
-defaults are the config's, read from the model, so no default is written twice.
+:class:`robustness.config.AuditConfig` is what a user asks for (the API's `config`);
+:class:`AuditSpec` is what :func:`robustness.engine.run_audit` runs: the same settings, flat
+and in tuples, with the model's input range and two knobs no user sets (`batch_size`,
+`random_probes`). Its defaults are the config's, read from the model, so no default is
+written twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-# The enums are defined in robustness.config; robaudit/cli.py still imports them from here.
+# The enums are defined in robustness.config and re-exported here, beside AuditSpec, for the
+# modules that import them with it (worker/model_cache.py, tests).
 from robustness.config import (
     AuditConfig,
     BackendKind,
@@ -75,16 +76,12 @@ class AuditSpec:
         return self.step_size if self.step_size is not None else 2.5 * epsilon / self.steps
 
 
-def spec_from_config(
-    config: AuditConfig | Mapping[str, Any], input_range: Sequence[float]
-) -> AuditSpec:
+def spec_from_config(config: AuditConfig, input_range: Sequence[float]) -> AuditSpec:
     """The spec of an audit config, for a model with this input range.
 
-    A mapping is a stored config (an audit row's JSON); it is read with
-    :meth:`AuditConfig.from_stored`, so rows older than a field get its default.
+    The config stays typed from the request (or CLI flags) to here; a stored one (an audit
+    row's JSON) is read with :meth:`AuditConfig.from_stored` first, where it is read.
     """
-    if not isinstance(config, AuditConfig):
-        config = AuditConfig.from_stored(config)
     return AuditSpec(
         norm=config.norm,
         epsilons=tuple(config.epsilons),

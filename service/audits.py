@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, object_session
 
 from infra.config import Settings
@@ -22,15 +21,22 @@ from robustness.datasets import DatasetFacts, check_fit
 from robustness.image_datasets import image_target, target_shape
 from robustness.results import AuditResult, LandscapeResult, ResultSummary
 from robustness.spec import spec_from_config
-from service import limits
+from service import idempotency, limits
 from service.catalog import get_dataset, get_model, live_row
-from service.errors import NotFound, Problem, Unprocessable
+from service.errors import NotFound, Problem
 from service.pagination import paginate
 from service.schemas import AuditOut, AuditSummary, CostOut, Passes, Progress
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+def config_hash(config: AuditConfig) -> str:
+    return hashlib.sha256(
+        json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+    ).hexdigest()
+
+
+def stored_config(row: Audit) -> AuditConfig:
+    """The audit's config, typed (rows older than a field get its default)."""
+    return AuditConfig.from_stored(row.config)
 
 
 def create_audit(
@@ -44,23 +50,23 @@ def create_audit(
     force: bool,
     idempotency_key: str | None,
 ) -> tuple[Audit, bool]:
-    """(audit, created). Replays of an Idempotency-Key and identical succeeded audits are reused;
-    a new audit must fit the operator's caps (service/limits.py: 422, 429)."""
-    replay = _replay(session, tenant_id, idempotency_key)
+    """(audit, created). Replays of an Idempotency-Key and identical succeeded audits are reused
+    (service/idempotency.py: 422, 409); a new audit must fit the operator's caps
+    (service/limits.py: 422, 429)."""
+    request = idempotency.AuditRequest(model_id, dataset_id, config_hash(config), force)
+    replay = idempotency.replay(session, tenant_id, idempotency_key, request)
     if replay is not None:
-        _check_same_request(replay, model_id, dataset_id, config)
         return replay, False
     model = get_model(session=session, tenant_id=tenant_id, model_id=model_id)
     dataset = get_dataset(session=session, tenant_id=tenant_id, dataset_id=dataset_id)
     facts = _check_fit(model, dataset)
-    cfg = config.model_dump(mode="json")
-    limits.check_ranges(cfg, model.input_range, math.prod(facts.shape))
-    digest = config_hash(cfg)
+    limits.check_ranges(config, model.input_range, math.prod(facts.shape))
+    digest = request.config_hash
     done = None if force else _same_succeeded(session, tenant_id, model, dataset, digest)
     if done is not None:
-        return done, False
+        return idempotency.bind(session, tenant_id, idempotency_key, done, request), False
     budget = limits.budget_of(
-        session, settings=settings, tenant_id=tenant_id, model=model, config=cfg, n=dataset.n
+        session, settings=settings, tenant_id=tenant_id, model=model, config=config, n=dataset.n
     )
     limits.check_budget(budget, settings)
     limits.check_tenant_slots(session, tenant_id, settings)
@@ -68,47 +74,13 @@ def create_audit(
         tenant_id=tenant_id,
         model_id=model.id,
         dataset_id=dataset.id,
-        config=cfg,
+        config=config.model_dump(mode="json"),
         config_hash=digest,
         status=AuditStatus.QUEUED.value,
         progress_total=min(dataset.n, config.max_samples) * (len(config.epsilons) + 1),
-        idempotency_key=idempotency_key,
     )
-    try:
-        with session.begin_nested():
-            session.add(audit)
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key won the insert: replay it.
-        replay = _replay(session, tenant_id, idempotency_key)
-        if replay is None:
-            raise
-        return replay, False
-    return audit, True
-
-
-def _replay(session: Session, tenant_id: str, idempotency_key: str | None) -> Audit | None:
-    """The audit an earlier request with this Idempotency-Key created, if any."""
-    if not idempotency_key:
-        return None
-    return session.scalar(
-        select(Audit).where(Audit.tenant_id == tenant_id, Audit.idempotency_key == idempotency_key)
-    )
-
-
-def _check_same_request(replay: Audit, model_id: str, dataset_id: str, config: AuditConfig) -> None:
-    """A replayed Idempotency-Key must carry the request that first used it (RFC draft
-    httpapi-idempotency-key: reuse with another payload is an error, not the first answer)."""
-    digest = config_hash(config.model_dump(mode="json"))
-    same = (replay.model_id, replay.dataset_id, replay.config_hash) == (
-        model_id,
-        dataset_id,
-        digest,
-    )
-    if not same:
-        raise Unprocessable(
-            f"this Idempotency-Key was used for audit {replay.id} with another model, dataset "
-            "or config; send a new key for a different request"
-        )
+    answer = idempotency.bind(session, tenant_id, idempotency_key, audit, request)
+    return answer, answer is audit
 
 
 def _check_fit(model: Model, dataset: Dataset) -> DatasetFacts:
@@ -223,7 +195,7 @@ def cancel_audit(*, session: Session, tenant_id: str, audit_id: str) -> Audit:
 
 def estimate(audit: Audit) -> Passes:
     """Forward/backward passes the audit will spend (before it runs)."""
-    spec = spec_from_config(audit.config, audit.model.input_range)
+    spec = spec_from_config(stored_config(audit), audit.model.input_range)
     return Passes.model_validate(estimate_cost(spec, audit.dataset.n).to_dict())
 
 
@@ -234,7 +206,7 @@ def estimate_with_seconds(*, session: Session, settings: Settings, audit: Audit)
         settings=settings,
         tenant_id=audit.tenant_id,
         model=audit.model,
-        config=audit.config,
+        config=stored_config(audit),
         n=audit.dataset.n,
     )
     return CostOut.model_validate({**estimate(audit).model_dump(), **budget.to_dict()})
@@ -279,7 +251,7 @@ def _audit_fields(row: Audit) -> dict[str, Any]:
         "id": row.id,
         "model_id": row.model_id,
         "dataset_id": row.dataset_id,
-        "config": AuditConfig.from_stored(row.config),
+        "config": stored_config(row),
         "status": status,  # an AuditStatus value, validated
         "progress": Progress(
             done=row.progress_done,

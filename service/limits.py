@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from infra.config import Settings
 from infra.persistence.models import Audit, AuditStatus, Dataset, Model
+from robustness.config import AuditConfig, Norm
 from robustness.cost import estimate_cost
 from robustness.spec import spec_from_config
 from service.errors import Problem, Unprocessable
@@ -63,7 +64,7 @@ class Budget:
         }
 
 
-def audit_passes(config: Mapping[str, Any], input_range: Sequence[float], n: int) -> int:
+def audit_passes(config: AuditConfig, input_range: Sequence[float], n: int) -> int:
     cost = estimate_cost(spec_from_config(config, input_range), n)
     return cost.forward_passes + cost.backward_passes
 
@@ -91,7 +92,8 @@ def measured_throughput(session: Session, *, tenant_id: str, model: Model) -> fl
     for row in rows:
         spent = _compute_seconds(row.result)
         if spent > 0:
-            passes += audit_passes(row.config, model.input_range, row.dataset.n)
+            config = AuditConfig.from_stored(row.config)
+            passes += audit_passes(config, model.input_range, row.dataset.n)
             seconds += spent
     return passes / seconds if seconds > 0 else None
 
@@ -102,7 +104,7 @@ def budget_of(
     settings: Settings,
     tenant_id: str,
     model: Model,
-    config: Mapping[str, Any],
+    config: AuditConfig,
     n: int,
 ) -> Budget:
     """The audit's passes, and its seconds at this model's measured throughput if known."""
@@ -116,7 +118,7 @@ def budget_of(
     )
 
 
-def check_ranges(config: Mapping[str, Any], input_range: Sequence[float], dims: int) -> None:
+def check_ranges(config: AuditConfig, input_range: Sequence[float], dims: int) -> None:
     """ε and step size against the model's input range: beyond it they mean nothing, and
     huge finite values overflow float32 inside the attack (ε = 1e300 used to give a 500).
 
@@ -124,19 +126,19 @@ def check_ranges(config: Mapping[str, Any], input_range: Sequence[float], dims: 
     per-coordinate share of an L2 ball, stays within the side, as it does for L∞."""
     lo, hi = float(input_range[0]), float(input_range[1])
     side = hi - lo
-    l2 = config.get("norm") == "l2"
+    l2 = config.norm == Norm.L2
     limit = side * math.sqrt(dims) if l2 else side
     what = f"the input range [{lo:g}, {hi:g}]" + (
         f" over {dims} input values (diameter (hi − lo)·√d)" if l2 else " (side hi − lo)"
     )
-    for eps in config.get("epsilons", ()):
+    for eps in config.epsilons:
         if not eps <= limit or not eps * dims < FLOAT32_MAX:
             raise Unprocessable(
-                f"epsilon {eps:g} is larger than {what}, {limit:g}: an {config.get('norm')} ball "
+                f"epsilon {eps:g} is larger than {what}, {limit:g}: an {config.norm} ball "
                 f"that wide covers every input; send epsilons ≤ {limit:g}",
                 limit={"name": "epsilon", "max": limit},
             )
-    step = config.get("step_size")
+    step = config.step_size
     if step is not None and not step <= limit:
         raise Unprocessable(
             f"step_size {step:g} is larger than {what}, {limit:g}; send a step_size ≤ {limit:g} "
@@ -185,7 +187,7 @@ def _retry_after(session: Session, tenant_id: str, settings: Settings) -> int:
         select(Audit).where(Audit.tenant_id == tenant_id, Audit.status == AuditStatus.RUNNING.value)
     ).all()
     remaining = [
-        audit_passes(a.config, a.model.input_range, a.dataset.n)
+        audit_passes(AuditConfig.from_stored(a.config), a.model.input_range, a.dataset.n)
         / settings.default_passes_per_s
         * (1 - a.progress_done / max(1, a.progress_total))
         for a in running

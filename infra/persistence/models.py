@@ -207,6 +207,8 @@ class Audit(Base):
     result: Mapped[dict[str, Any] | None]
     # The result's ResultSummary, written with it: lists read this, never the whole result.
     summary: Mapped[dict[str, Any] | None]
+    # Keys bound before migration 0010, copied to IdempotencyKey; never written since. Kept:
+    # dropping it rebuilds the table on SQLite, whose DROP TABLE cascades to the shards.
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
@@ -217,6 +219,22 @@ class Audit(Base):
 
     model: Mapped[Model] = relationship()
     dataset: Mapped[Dataset] = relationship()
+
+
+class IdempotencyKey(Base):
+    """An Idempotency-Key a tenant sent with POST /v1/audits, bound to the audit that answered
+    its first request (service/idempotency.py). Its own row: a reused audit answers many."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    audit_id: Mapped[str] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"), index=True)
+    # The first request's `force`; null for keys bound before 0010, which never recorded it.
+    force: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditShard(Base):

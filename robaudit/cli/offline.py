@@ -151,7 +151,7 @@ def _audit(args: argparse.Namespace, progress: ProgressLine) -> dict[str, Any]:
 
     config = AUDIT_OPTIONS.build(args)
     pre = preprocessing(args)
-    spec = spec_from_config(config.model_dump(), input_range(args, pre))
+    spec = spec_from_config(config, input_range(args, pre))
     progress.note("loading the data and the model")
     x, y = _local_samples(args, pre)
     x, y = x[: spec.max_samples].astype("float32"), y[: spec.max_samples].astype("int64")

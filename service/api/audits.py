@@ -14,6 +14,7 @@ from service.api.common import (
     CONFLICT,
     blueprint,
     json_response,
+    problem,
     settings,
     store,
 )
@@ -51,13 +52,20 @@ HTML: dict[str, Any] = {"description": "HTML page", "content": {"text/html": {}}
     responses={
         202: AuditCreated,
         200: AuditCreated,
+        409: problem(
+            "The audit this `Idempotency-Key` answered with was deleted since; send a new key"
+        ),
     },
     description=(
         "Answers 202 with the audit's id, links and a cost estimate; the audit runs on a "
         "worker.\n\n"
         "An identical model, dataset and config that already succeeded is answered with 200 and "
         "that audit, unless `force` is true.\n\n"
-        "A repeated `Idempotency-Key` returns the audit it created the first time."
+        "An `Idempotency-Key` is bound to the audit that answered its first request, created "
+        "(202) or reused (200). The same key with the same body (model, dataset, config and "
+        "`force`) answers 200 with that audit, even while two such requests race; the same key "
+        "with another body answers 422, and no audit is queued. If that audit was deleted "
+        "since, the key answers 409: it ran once already, so send a new key to run it again."
     ),
 )
 def create_audit(body: AuditCreate, header: IdempotencyHeader) -> Response:

@@ -21,6 +21,7 @@ from demo.digits import to_onnx
 from infra.config import Settings
 from infra.persistence.models import Audit, Model, utcnow
 from infra.storage import ArtifactStore
+from robustness.config import AuditConfig
 from robustness.engine import run_audit
 from robustness.loading import load
 from robustness.spec import spec_from_config
@@ -122,6 +123,6 @@ def engine_result(
     onnx_bytes: bytes, x: np.ndarray, y: np.ndarray, settings: Settings
 ) -> dict[str, Any]:
     loaded = load(onnx_bytes, x, device=CPU)
-    spec = spec_from_config(CONFIG, (0.0, 1.0))
+    spec = spec_from_config(AuditConfig.model_validate(CONFIG), (0.0, 1.0))
     result = run_audit(loaded.backend, x, y, spec, device=CPU)
     return result.model_dump(mode="json")

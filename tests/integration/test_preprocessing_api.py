@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from infra.config import Settings
 from robaudit.client import Client
+from robustness.config import AuditConfig
 from robustness.engine import run_audit
 from robustness.loading import load
 from robustness.spec import spec_from_config
@@ -58,7 +59,8 @@ def test_declared_preprocessing_audits_in_pixel_space_like_its_baked_in_twin(
     result = run(db_session, settings, audit_id).result or {}
     # One worker audit (a sandbox child loads the model: slow); its twin runs in-process.
     loaded = load(inside, x, device=CPU)
-    twin = run_audit(loaded.backend, x, y, spec_from_config(CONFIG, [0.0, 1.0]), device=CPU)
+    spec = spec_from_config(AuditConfig.model_validate(CONFIG), [0.0, 1.0])
+    twin = run_audit(loaded.backend, x, y, spec, device=CPU)
     psi = np.asarray(result["per_epsilon"][0]["per_sample"])
     baked_psi = np.asarray(twin.per_epsilon[0].per_sample)
     assert baked_psi.mean() > 1e-4
