@@ -217,9 +217,10 @@ def execute_shard(
     if claim.attempts > settings.max_shard_attempts:
         how = claim.last_error or "its worker stopped heartbeating (killed, out of memory or lost)"
         tries = claim.attempts - 1
+        times = "once" if tries == 1 else f"{tries} times"
         leases.finish(
             session, audit_id, AuditStatus.FAILED,
-            error=f"{label} was tried {tries} times and never finished; last time {how}",
+            error=f"{label} was tried {times} and never finished; last time {how}",
         )  # fmt: skip
         return "failed"
     audit = session.get(Audit, audit_id)
