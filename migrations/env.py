@@ -33,8 +33,20 @@ def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
     engine = make_engine(url)
     with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            _foreign_keys_off(conn)
         _run(conn)
     engine.dispose()
+
+
+def _foreign_keys_off(conn: Connection) -> None:
+    """SQLite alters a table by rebuilding it (batch mode), and with foreign keys on, its
+    DROP TABLE of the old copy deletes every row that references it by cascade: rebuilding
+    `audits` would empty `audit_shards`. The pragma only takes outside a transaction, so it
+    goes to the driver's connection (autocommit) before the migration's own transaction."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys=OFF")
 
 
 if context.is_offline_mode():

@@ -182,7 +182,6 @@ class Dataset(Base):
 class Audit(Base):
     __tablename__ = "audits"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_audits_tenant_created", "tenant_id", "created_at"),
         Index("ix_audits_lookup", "tenant_id", "model_id", "dataset_id", "config_hash"),
     )
@@ -207,9 +206,6 @@ class Audit(Base):
     result: Mapped[dict[str, Any] | None]
     # The result's ResultSummary, written with it: lists read this, never the whole result.
     summary: Mapped[dict[str, Any] | None]
-    # Keys bound before migration 0010, copied to IdempotencyKey; never written since. Kept:
-    # dropping it rebuilds the table on SQLite, whose DROP TABLE cascades to the shards.
-    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
     dispatched_at: Mapped[datetime | None]

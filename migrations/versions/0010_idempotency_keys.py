@@ -3,8 +3,8 @@
 A key answered by reusing an identical succeeded audit must be bound too, and that audit may
 answer many keys: one column of the audit cannot hold them. The key's row also records the
 request's `force`, part of what a replay must repeat. Keys of existing audits are copied
-(`force` unknown: null); `audits.idempotency_key` is no longer written. It stays: dropping it
-would rebuild `audits` on SQLite, and with foreign keys on, SQLite's DROP TABLE cascades.
+(`force` unknown: null), and `audits.idempotency_key` goes: one place holds a key. (On SQLite
+the drop rebuilds `audits`; migrations run with foreign keys off, so no shard goes with it.)
 
 Revision ID: 0010
 Revises: 0009
@@ -52,14 +52,22 @@ def upgrade() -> None:
         "SELECT tenant_id, idempotency_key, id, NULL, created_at FROM audits "
         "WHERE idempotency_key IS NOT NULL"
     )
+    with op.batch_alter_table("audits") as batch:
+        batch.drop_constraint("uq_audits_tenant_id_idempotency_key", type_="unique")
+        batch.drop_column("idempotency_key")
 
 
 def downgrade() -> None:
-    # Back into the audit's column where it is free: an audit reused for several keys keeps
-    # one of them (the column holds one), so the others are lost, as before this revision.
+    # Back into the audit's column: an audit reused for several keys keeps one of them (the
+    # column holds one), so the others are lost, as before this revision.
+    with op.batch_alter_table("audits") as batch:
+        batch.add_column(sa.Column("idempotency_key", sa.String(length=200), nullable=True))
+        batch.create_unique_constraint(
+            "uq_audits_tenant_id_idempotency_key", ["tenant_id", "idempotency_key"]
+        )
     op.execute(
         "UPDATE audits SET idempotency_key = (SELECT min(k.key) FROM idempotency_keys k "
-        "WHERE k.audit_id = audits.id) WHERE idempotency_key IS NULL"
+        "WHERE k.audit_id = audits.id)"
     )
     op.drop_index(op.f("ix_idempotency_keys_audit_id"), table_name="idempotency_keys")
     op.drop_table("idempotency_keys")
