@@ -198,7 +198,7 @@ class Sandbox:
         environment, then waits for its first call, which sets its limits and paths. The
         payload carries what the child cannot read from that environment (the device)."""
         if self._proc is None:
-            self._spawn(preload, payload or {})
+            self._spawn(preload, payload)
 
     def wait_preloaded(self, timeout_s: float = START_WALL_S) -> float | None:
         """Seconds the spare's preload took, once it is done; None if it died, overran or was

@@ -69,12 +69,7 @@ def resolve(host: str, port: int, *, block_private: bool) -> str:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise RefusedUrl(f"{host} does not resolve: {exc}") from None
-    addresses = []
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        addresses.append(address)
+    addresses = [_address(str(info[4][0]).split("%")[0]) for info in infos]
     if block_private:
         for address in addresses:
             if not _public(address):
@@ -92,7 +87,7 @@ def check_literal_host(url: str) -> None:
     if host == "localhost" or host.endswith(".localhost"):
         raise RefusedUrl(f"{host} is this machine, not a public address ({_SETTING})")
     try:
-        address = ipaddress.ip_address(host)
+        address = _address(host)
     except ValueError:
         return
     if not _public(address):
@@ -102,9 +97,15 @@ def check_literal_host(url: str) -> None:
 _SETTING = "ROBAUDIT_WEBHOOK_BLOCK_PRIVATE"
 
 
-def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP address, an IPv4-mapped IPv6 one as the IPv4 it is (::ffff:10.0.0.7 is private)."""
+    address = ipaddress.ip_address(text)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+        return address.ipv4_mapped
+    return address
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
