@@ -34,11 +34,6 @@ def config_hash(config: AuditConfig) -> str:
     ).hexdigest()
 
 
-def stored_config(row: Audit) -> AuditConfig:
-    """The audit's config, typed (rows older than a field get its default)."""
-    return AuditConfig.from_stored(row.config)
-
-
 def create_audit(
     *,
     session: Session,
@@ -195,7 +190,7 @@ def cancel_audit(*, session: Session, tenant_id: str, audit_id: str) -> Audit:
 
 def estimate(audit: Audit) -> Passes:
     """Forward/backward passes the audit will spend (before it runs)."""
-    spec = spec_from_config(stored_config(audit), audit.model.input_range)
+    spec = spec_from_config(AuditConfig.from_stored(audit.config), audit.model.input_range)
     return Passes.model_validate(estimate_cost(spec, audit.dataset.n).to_dict())
 
 
@@ -206,7 +201,7 @@ def estimate_with_seconds(*, session: Session, settings: Settings, audit: Audit)
         settings=settings,
         tenant_id=audit.tenant_id,
         model=audit.model,
-        config=stored_config(audit),
+        config=AuditConfig.from_stored(audit.config),
         n=audit.dataset.n,
     )
     return CostOut.model_validate({**estimate(audit).model_dump(), **budget.to_dict()})
@@ -251,7 +246,7 @@ def _audit_fields(row: Audit) -> dict[str, Any]:
         "id": row.id,
         "model_id": row.model_id,
         "dataset_id": row.dataset_id,
-        "config": stored_config(row),
+        "config": AuditConfig.from_stored(row.config),
         "status": status,  # an AuditStatus value, validated
         "progress": Progress(
             done=row.progress_done,
